@@ -1,0 +1,198 @@
+"""Input validation shared by every public boundary (models, layers, integrators, CLI, loaders).
+
+One helper family so that every message reads the same: the argument's name, what was received
+(shape, dtype, range) and what was expected. Also holds the package's error types.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Iterable, Sequence
+
+import torch
+
+__all__ = [
+    "AssocmemError",
+    "CorruptBankError",
+    "DivergenceError",
+    "check_tensor",
+    "check_positive",
+    "check_in_range",
+    "check_choice",
+    "check_int",
+    "check_finite",
+    "describe",
+    "as_batch",
+]
+
+
+class AssocmemError(Exception):
+    """Base class of the package's own errors (validation errors are plain ``ValueError``/``TypeError``)."""
+
+
+class DivergenceError(AssocmemError, FloatingPointError):
+    """A dynamics produced non-finite values; the message says at which step and in which layer."""
+
+
+class CorruptBankError(AssocmemError, ValueError):
+    """A stored memory bank failed verification (truncated, altered, or unreadable)."""
+
+
+def describe(x) -> str:
+    """Short human description of a value: shape/dtype for tensors, type and value otherwise."""
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)} and dtype {str(x.dtype).replace('torch.', '')}"
+    try:
+        import numpy as np
+
+        if isinstance(x, np.ndarray):
+            return f"array of shape {x.shape} and dtype {x.dtype}"
+    except ImportError:  # pragma: no cover
+        pass
+    r = repr(x)
+    if len(r) > 60:
+        r = r[:57] + "..."
+    return f"{type(x).__name__} {r}"
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(
+    name: str,
+    x,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    shape: Sequence[int | None] | None = None,
+    floating: bool = True,
+    finite: bool = True,
+    allow_empty: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    expected: str | None = None,
+) -> torch.Tensor:
+    """Validate and return ``x`` as a tensor.
+
+    Converts numpy arrays and nested lists; rejects other types with ``TypeError``. ``shape`` may hold
+    ``None`` for free axes. Integer and bool inputs are cast to ``dtype`` (default float32) when
+    ``floating`` is requested. ``expected`` is a phrase appended to the message.
+    """
+    hint = f"; expected {expected}" if expected else ""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            import numpy as np
+
+            if isinstance(x, np.ndarray):
+                if x.dtype == object:
+                    raise TypeError(f"{name}: got an object array; expected a numeric array or tensor{hint}")
+                t = torch.from_numpy(np.ascontiguousarray(x))
+            elif isinstance(x, (list, tuple)):
+                t = torch.as_tensor(x)
+            else:
+                raise TypeError(f"{name}: got {describe(x)}; expected a torch.Tensor or numpy array{hint}")
+        except (ValueError, RuntimeError) as e:  # ragged lists etc.
+            raise TypeError(f"{name}: could not be read as a tensor ({e}){hint}") from None
+    if t.is_complex():
+        raise TypeError(f"{name}: got a complex {describe(t)}; expected real values{hint}")
+    if floating and t.dtype not in _FLOATS:
+        t = t.to(dtype or torch.get_default_dtype())
+    elif dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    if device is not None:
+        t = t.to(device)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.ndim not in allowed:
+            exp = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{name}: got {describe(t)}; expected a {exp} tensor{hint}")
+    if shape is not None:
+        ok = t.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape))
+        if not ok:
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name}: got {describe(t)}; expected shape {want}{hint}")
+    if not allow_empty and t.numel() == 0:
+        raise ValueError(f"{name}: got an empty {describe(t)}; expected at least one element{hint}")
+    if finite and t.is_floating_point():
+        check_finite(name, t)
+    return t
+
+
+def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Raise ``ValueError`` if ``t`` holds NaN or infinity, saying how many and where the first is."""
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n_bad = int(bad.sum())
+        first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"{name}: {n_bad} non-finite value(s) (NaN or inf) in {describe(t)}, first at index {first}; "
+            "expected finite values"
+        )
+    return t
+
+
+def _real(name: str, x) -> float:
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise TypeError(f"{name}: got {describe(x)}; expected a scalar")
+        return float(x.detach())
+    if isinstance(x, bool) or not isinstance(x, Real):
+        raise TypeError(f"{name}: got {describe(x)}; expected a real number")
+    return float(x)
+
+
+def check_positive(name: str, x, *, allow_zero: bool = False):
+    """A finite real number > 0 (or >= 0). Tensors (e.g. learnable parameters) are returned unchanged."""
+    v = _real(name, x)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        rel = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: got {v!r}; expected a finite number {rel}")
+    return x
+
+
+def check_in_range(name: str, x, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
+    """A real number in the interval [lo, hi] (endpoints open when asked)."""
+    v = _real(name, x)
+    ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        interval = ("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]")
+        raise ValueError(f"{name}: got {v!r}; expected a number in {interval}")
+    return v
+
+
+def check_int(name: str, x, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (bools rejected) within optional bounds."""
+    if isinstance(x, bool) or not isinstance(x, (int,)) and not (isinstance(x, float) and x.is_integer()):
+        if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_floating_point():
+            x = int(x)
+        else:
+            raise TypeError(f"{name}: got {describe(x)}; expected an integer")
+    v = int(x)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name}: got {v}; expected an integer >= {minimum}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name}: got {v}; expected an integer <= {maximum}")
+    return v
+
+
+def check_choice(name: str, x, choices: Iterable[str]) -> str:
+    """One of a fixed set of names."""
+    choices = list(choices)
+    if not isinstance(x, str) or x not in choices:
+        raise ValueError(f"{name}: got {x!r}; expected one of {', '.join(map(repr, choices))}")
+    return x
+
+
+def as_batch(name: str, x: torch.Tensor, n: int) -> tuple[torch.Tensor, bool]:
+    """Accept ``(n,)`` or ``(B, n)``; return ``(B, n)`` and whether the input was a single vector."""
+    if x.ndim == 1:
+        x = x.unsqueeze(0)
+        single = True
+    elif x.ndim == 2:
+        single = False
+    else:
+        raise ValueError(f"{name}: got {describe(x)}; expected shape ({n},) or (B, {n})")
+    if x.shape[-1] != n:
+        raise ValueError(f"{name}: got {describe(x)}; expected last dimension {n} to match the stored patterns")
+    return x, single

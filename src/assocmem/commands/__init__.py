@@ -1,0 +1,1 @@
+"""Sub-commands of the ``assocmem`` command line, one module each (see ``assocmem.cli``)."""

@@ -1,0 +1,385 @@
+"""The catalog of Lagrangians: a layer of neurons is defined by one scalar function L(x).
+
+Activations are gradients, g = dL/dx (KH eq. 3); the energy (KH eq. 2) uses the Legendre term
+x.g - L; the energy decrease (KH eq. 4) uses the curvature dx^T Hess(L) dx. Every function here
+is batched over leading axes ((..., N) -> (...)) and written in overflow-free forms.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validation import check_int, check_positive
+
+__all__ = [
+    "Lagrangian",
+    "Quadratic",
+    "Abs",
+    "Tanh",
+    "Sigmoid",
+    "RectifiedPower",
+    "Power",
+    "Exp",
+    "LogSumExp",
+    "Spherical",
+    "LayerNorm",
+    "CATALOG",
+    "from_spec",
+]
+
+
+def _logcosh(y: torch.Tensor) -> torch.Tensor:
+    """log cosh(y) = |y| + log1p(exp(-2|y|)) - log 2, finite for every finite y."""
+    a = y.abs()
+    return a + torch.log1p(torch.exp(-2.0 * a)) - math.log(2.0)
+
+
+def _softplus(y: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^y) = max(y, 0) + log1p(exp(-|y|)), finite for every finite y."""
+    return torch.clamp(y, min=0) + torch.log1p(torch.exp(-y.abs()))
+
+
+class Lagrangian(nn.Module):
+    """A convex (or honestly flagged non-convex) scalar function of one layer's currents.
+
+    Subclasses give ``value`` (L, shape (...)), ``activation`` (dL/dx, shape of x), and where they
+    can, a closed-form ``legendre`` (x.g - L) and ``curvature`` (dx^T Hess dx). The generic versions
+    fall back to the definitions and to autograd (``activation_autograd``, ``curvature``).
+    Parameters such as ``beta`` may be floats or tensors (``nn.Parameter`` makes them learnable).
+    """
+
+    additive: bool = True  #: L(x) = sum_i G(x_i)
+    convex: bool = True  #: Hessian positive semi-definite everywhere (energy descent, KH eq. 4)
+    bounded: bool = False  #: activation bounded, so that the energy is bounded below (KH sec. 2)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define value()")
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """Closed form of dL/dx; the base class uses autograd (a checked fallback)."""
+        return self.activation_autograd(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value(x)
+
+    def legendre(self, x: torch.Tensor) -> torch.Tensor:
+        """The Legendre term x.g(x) - L(x) of the energy (KH eq. 2), shape (...)."""
+        return (x * self.activation(x)).sum(-1) - self.value(x)
+
+    def curvature(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """dx^T Hess L(x) dx, shape (...), by a Jacobian-vector product of the activation."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            _, jvp = torch.autograd.functional.jvp(self.activation, (xg,), (dx.detach(),))
+        return (dx * jvp).sum(-1)
+
+    def activation_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        """dL/dx by autograd of ``value``; used to check the closed forms."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.value(xg).sum(), xg, create_graph=x.requires_grad)
+        return g
+
+    def extra_repr(self) -> str:
+        parts = []
+        for k in ("beta", "n", "gamma"):
+            if hasattr(self, k):
+                v = getattr(self, k)
+                parts.append(f"{k}={float(v) if isinstance(v, torch.Tensor) else v}")
+        return ", ".join(parts)
+
+    def spec(self) -> dict:
+        """A JSON-serialisable description, inverted by :func:`from_spec` (used by saved banks)."""
+        d = {"name": type(self).__name__}
+        for k in ("beta", "n", "gamma", "eps"):
+            if hasattr(self, k):
+                v = getattr(self, k)
+                d[k] = float(v) if isinstance(v, torch.Tensor) else v
+        return d
+
+
+class Quadratic(Lagrangian):
+    """L = sum x^2 / 2; activation: identity (Model B feature layer, KH eq. 11)."""
+
+    def value(self, x):
+        return 0.5 * (x * x).sum(-1)
+
+    def activation(self, x):
+        return x
+
+    def legendre(self, x):
+        return 0.5 * (x * x).sum(-1)
+
+    def curvature(self, x, dx):
+        return (dx * dx).sum(-1)
+
+
+class Abs(Lagrangian):
+    """L = sum |x|; activation: sign (the binary limit of KH eq. 7, Model A and classical)."""
+
+    bounded = True
+
+    def value(self, x):
+        return x.abs().sum(-1)
+
+    def activation(self, x):
+        return torch.sign(x)
+
+    def legendre(self, x):
+        return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+
+    def curvature(self, x, dx):
+        return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+
+
+class Tanh(Lagrangian):
+    """L = sum log cosh(beta x) / beta; activation: tanh(beta x). Continuous stand-in for sign."""
+
+    bounded = True
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = check_positive("beta", beta)
+
+    def value(self, x):
+        return (_logcosh(self.beta * x) / self.beta).sum(-1)
+
+    def activation(self, x):
+        return torch.tanh(self.beta * x)
+
+    def legendre(self, x):
+        # y tanh y - log cosh y = log 2 - 2|y| sigmoid(-2|y|) - softplus(-2|y|), no cancellation
+        a = (self.beta * x).abs()
+        e = math.log(2.0) - 2.0 * a * torch.sigmoid(-2.0 * a) - _softplus(-2.0 * a)
+        return (e / self.beta).sum(-1)
+
+    def curvature(self, x, dx):
+        t = torch.tanh(self.beta * x)
+        return (self.beta * (1 - t * t) * dx * dx).sum(-1)
+
+
+class Sigmoid(Lagrangian):
+    """L = sum softplus(beta x) / beta; activation: sigmoid(beta x), rates in (0, 1)."""
+
+    bounded = True
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = check_positive("beta", beta)
+
+    def value(self, x):
+        return (_softplus(self.beta * x) / self.beta).sum(-1)
+
+    def activation(self, x):
+        return torch.sigmoid(self.beta * x)
+
+    def legendre(self, x):
+        # y s(y) - softplus(y); for y > 0 rewrite as -y s(-y) - softplus(-y) (no cancellation)
+        y = self.beta * x
+        a = y.abs()
+        neg = -a * torch.sigmoid(-a) - _softplus(-a)
+        e = torch.where(y > 0, neg, y * torch.sigmoid(y) - _softplus(y))
+        return (e / self.beta).sum(-1)
+
+    def curvature(self, x, dx):
+        s = torch.sigmoid(self.beta * x)
+        return (self.beta * s * (1 - s) * dx * dx).sum(-1)
+
+
+class RectifiedPower(Lagrangian):
+    """L = sum max(x, 0)^n; activation: n max(x, 0)^(n-1). Convex for n >= 1 (Model A, KH2016)."""
+
+    def __init__(self, n: int = 2):
+        super().__init__()
+        self.n = check_int("n", n, minimum=1)
+
+    def value(self, x):
+        return torch.clamp(x, min=0).pow(self.n).sum(-1)
+
+    def activation(self, x):
+        if self.n == 1:
+            return (x > 0).to(x.dtype)
+        return self.n * torch.clamp(x, min=0).pow(self.n - 1)
+
+    def curvature(self, x, dx):
+        if self.n == 1:
+            return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+        second = (x > 0).to(x.dtype) if self.n == 2 else torch.clamp(x, min=0).pow(self.n - 2)
+        return (self.n * (self.n - 1) * second * dx * dx).sum(-1)
+
+
+class Power(Lagrangian):
+    """L = sum x^n; activation n x^(n-1). Convex only for even n: for odd n ``convex`` is False,
+    so the two-layer energy is not guaranteed to decrease (KH eq. 10 needs f' >= 0)."""
+
+    def __init__(self, n: int = 2):
+        super().__init__()
+        self.n = check_int("n", n, minimum=1)
+        self.convex = self.n % 2 == 0 or self.n == 1
+
+    def value(self, x):
+        return x.pow(self.n).sum(-1)
+
+    def activation(self, x):
+        if self.n == 1:
+            return torch.ones_like(x)
+        return self.n * x.pow(self.n - 1)
+
+    def curvature(self, x, dx):
+        if self.n == 1:
+            return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+        return (self.n * (self.n - 1) * x.pow(self.n - 2) * dx * dx).sum(-1)
+
+
+class Exp(Lagrangian):
+    """L = sum exp(beta x) / beta; activation exp(beta x) (Model A with F = exp, Demircigil 2017).
+
+    The exponential itself exceeds the floating-point range once beta*x > log(max float) (88.7 in
+    float32, 709.8 in float64); values there are +inf, as the true value is. Use the effective
+    models, which work in log space, for large arguments.
+    """
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = check_positive("beta", beta)
+
+    def value(self, x):
+        return (torch.exp(self.beta * x) / self.beta).sum(-1)
+
+    def activation(self, x):
+        return torch.exp(self.beta * x)
+
+    def legendre(self, x):
+        e = torch.exp(self.beta * x)
+        return ((x - 1.0 / self.beta) * e).sum(-1)
+
+    def curvature(self, x, dx):
+        return (self.beta * torch.exp(self.beta * x) * dx * dx).sum(-1)
+
+
+class LogSumExp(Lagrangian):
+    """L = logsumexp(beta x) / beta; activation softmax(beta x) (Model B memory layer, KH eq. 11-12).
+
+    Not additive; the Hessian beta (diag p - p p^T) has a zero mode along the all-ones vector.
+    """
+
+    additive = False
+    bounded = True
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = check_positive("beta", beta)
+
+    def value(self, x):
+        return torch.logsumexp(self.beta * x, dim=-1) / self.beta
+
+    def activation(self, x):
+        return torch.softmax(self.beta * x, dim=-1)
+
+    def legendre(self, x):
+        # x.p - lse(beta x)/beta = (1/beta) sum p log p (minus the entropy)
+        logp = torch.log_softmax(self.beta * x, dim=-1)
+        return (logp.exp() * logp).sum(-1) / self.beta
+
+    def curvature(self, x, dx):
+        p = torch.softmax(self.beta * x, dim=-1)
+        m = (p * dx).sum(-1)
+        return self.beta * ((p * dx * dx).sum(-1) - m * m)
+
+
+class Spherical(Lagrangian):
+    """L = ||x||; activation x / ||x||, divisive normalisation (Model C feature layer, KH eq. 17-20).
+
+    Not additive; the Hessian (KH eq. 20) has a zero mode along x. At x = 0 the activation is
+    taken as 0 (the subgradient of smallest norm).
+    """
+
+    additive = False
+    bounded = True
+
+    def __init__(self, eps: float = 0.0):
+        super().__init__()
+        self.eps = float(eps)
+
+    def _norm(self, x):
+        # scaled by the largest entry so that the sum of squares cannot overflow (|x| ~ 1e19 in float32)
+        m = x.abs().amax(-1, keepdim=True)
+        safe = torch.where(m > 0, m, torch.ones_like(m))
+        y = x / safe
+        return safe * torch.sqrt((y * y).sum(-1, keepdim=True) + self.eps / (safe * safe))
+
+    def value(self, x):
+        return self._norm(x).squeeze(-1)
+
+    def activation(self, x):
+        n = self._norm(x)
+        return torch.where(n > 0, x / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(x))
+
+    def legendre(self, x):
+        n = self._norm(x).squeeze(-1)
+        sq = (x * x).sum(-1)
+        return torch.where(n > 0, sq / torch.where(n > 0, n, torch.ones_like(n)), n) - n
+
+    def curvature(self, x, dx):
+        n = self._norm(x).squeeze(-1)
+        safe = torch.where(n > 0, n, torch.ones_like(n))
+        xd = (x * dx).sum(-1)
+        out = ((dx * dx).sum(-1) * n * n - xd * xd) / safe**3
+        return torch.where(n > 0, out, torch.zeros_like(out))
+
+
+class LayerNorm(Lagrangian):
+    """L = D gamma sqrt(var(x) + eps) + delta.x; activation: layer normalisation
+    gamma (x - mean) / sqrt(var + eps) + delta (as in HAMUX). Convex for gamma > 0."""
+
+    additive = False
+
+    def __init__(self, gamma: float = 1.0, eps: float = 1e-5, delta: torch.Tensor | float = 0.0):
+        super().__init__()
+        self.gamma = check_positive("gamma", gamma)
+        self.eps = float(check_positive("eps", eps))
+        self.delta = delta
+
+    def _stats(self, x):
+        c = x - x.mean(-1, keepdim=True)
+        s = torch.sqrt((c * c).mean(-1, keepdim=True) + self.eps)
+        return c, s
+
+    def value(self, x):
+        _, s = self._stats(x)
+        d = x.shape[-1]
+        lin = (x * self.delta).sum(-1) if isinstance(self.delta, torch.Tensor) else self.delta * x.sum(-1)
+        return d * self.gamma * s.squeeze(-1) + lin
+
+    def activation(self, x):
+        c, s = self._stats(x)
+        return self.gamma * c / s + self.delta
+
+    def legendre(self, x):
+        _, s = self._stats(x)
+        return -x.shape[-1] * self.gamma * self.eps / s.squeeze(-1)
+
+    def curvature(self, x, dx):
+        c, s = self._stats(x)
+        d = x.shape[-1]
+        dc = dx - dx.mean(-1, keepdim=True)
+        cd = (c * dc).sum(-1)
+        s = s.squeeze(-1)
+        return self.gamma * ((dc * dc).sum(-1) / s - cd * cd / (d * s**3))
+
+
+CATALOG: dict[str, type[Lagrangian]] = {
+    cls.__name__: cls
+    for cls in (Quadratic, Abs, Tanh, Sigmoid, RectifiedPower, Power, Exp, LogSumExp, Spherical, LayerNorm)
+}
+
+
+def from_spec(spec: dict) -> Lagrangian:
+    """Rebuild a Lagrangian from :meth:`Lagrangian.spec`."""
+    if not isinstance(spec, dict) or spec.get("name") not in CATALOG:
+        raise ValueError(f"lagrangian spec: got {spec!r}; expected a dict with 'name' in {sorted(CATALOG)}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    return CATALOG[spec["name"]](**kwargs)

@@ -1,0 +1,295 @@
+"""The general two-layer network of feature and memory neurons, KH 2021 equations (1)-(4).
+
+    tau_f dv/dt = f @ xi - alpha v + I,   f = dL_h/dh        (KH 1, 3; alpha = 1 except Model C, KH 19)
+    tau_h dh/dt = g @ xi.T - h,           g = dL_v/dv
+    E = [(v - I).g - L_v] + [h.f - L_h] - f @ xi . g          (KH 2)
+    dE/dt = -tau_f v'^T Hess(L_v) v' - tau_h h'^T Hess(L_h) h'  (KH 4)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import integrators as _int
+from ._validation import (
+    DivergenceError,
+    check_int,
+    check_positive,
+    check_tensor,
+    describe,
+)
+from .lagrangians import Lagrangian
+
+__all__ = ["TwoLayerNetwork", "Trajectory"]
+
+
+@dataclass
+class Trajectory:
+    """A recorded integration. ``t`` (T,), ``v`` (T, B, N_f), ``h`` (T, B, N_h), ``energy`` (T, B);
+    ``converged`` (B,) bool at the end; ``steps`` integration steps taken (intervals for adaptive
+    methods); ``nfe`` derivative evaluations."""
+
+    t: torch.Tensor
+    v: torch.Tensor
+    h: torch.Tensor
+    energy: torch.Tensor
+    converged: torch.Tensor
+    steps: int
+    nfe: int
+
+    @property
+    def final_v(self) -> torch.Tensor:
+        return self.v[-1]
+
+    @property
+    def final_h(self) -> torch.Tensor:
+        return self.h[-1]
+
+
+class TwoLayerNetwork(nn.Module):
+    """Feature neurons ``v`` (N_f) and memory neurons ``h`` (N_h) coupled by ``xi`` (N_h, N_f).
+
+    Parameters
+    ----------
+    xi : (N_h, N_f) tensor; row mu is memory mu. An ``nn.Parameter`` is kept as one (trainable).
+    lagrangian_v, lagrangian_h : :class:`~assocmem.lagrangians.Lagrangian` of each layer.
+    tau_f, tau_h : positive time constants.
+    input_current : optional ``I``, shape (N_f,) or (B, N_f).
+    alpha : decay coefficient of the feature layer (KH 19); the energy argument of KH 4 needs
+        alpha = 1 unless Hess(L_v) v = 0 (the spherical Lagrangian), where any alpha >= 0 works.
+
+    Example
+    -------
+    >>> import torch
+    >>> from assocmem import TwoLayerNetwork
+    >>> from assocmem.lagrangians import Quadratic, LogSumExp
+    >>> xi = torch.sign(torch.randn(5, 40, generator=torch.Generator().manual_seed(0)))
+    >>> net = TwoLayerNetwork(xi, Quadratic(), LogSumExp(beta=1.0), tau_f=1.0, tau_h=0.1)
+    >>> traj = net.simulate(xi[:2] * 0.5, t_max=20.0, dt=0.05)
+    >>> bool(traj.converged.all()), torch.allclose(traj.final_v, xi[:2], atol=1e-3)
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        xi,
+        lagrangian_v: Lagrangian,
+        lagrangian_h: Lagrangian,
+        tau_f: float = 1.0,
+        tau_h: float = 1.0,
+        input_current=None,
+        alpha: float = 1.0,
+    ):
+        super().__init__()
+        xi_t = check_tensor("xi", xi, ndim=2, expected="shape (N_h, N_f): one row per memory neuron")
+        for name, lag in (("lagrangian_v", lagrangian_v), ("lagrangian_h", lagrangian_h)):
+            if not isinstance(lag, Lagrangian):
+                raise TypeError(f"{name}: got {describe(lag)}; expected an assocmem.lagrangians.Lagrangian")
+        self.tau_f = check_positive("tau_f", tau_f)
+        self.tau_h = check_positive("tau_h", tau_h)
+        self.alpha = check_positive("alpha", alpha, allow_zero=True)
+        if isinstance(xi, nn.Parameter):
+            self.xi = xi
+        else:
+            self.register_buffer("xi", xi_t)
+        self.lagrangian_v = lagrangian_v
+        self.lagrangian_h = lagrangian_h
+        if input_current is not None:
+            input_current = self._check_current(input_current)
+        self.register_buffer("input_current", input_current)
+
+    # -- shapes ----------------------------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return self.xi.shape[1]
+
+    @property
+    def n_memories(self) -> int:
+        return self.xi.shape[0]
+
+    def _check_current(self, current) -> torch.Tensor:
+        t = check_tensor("input_current", current, ndim=(1, 2), expected=f"shape ({self.n_features},) or (B, {self.n_features})")
+        if t.shape[-1] != self.n_features:
+            raise ValueError(
+                f"input_current: got {describe(t)}; expected last dimension N_f = {self.n_features}"
+            )
+        return t.to(dtype=self.xi.dtype, device=self.xi.device)
+
+    def _current(self, b: int | None = None):
+        return self.input_current
+
+    # -- the equations -----------------------------------------------------------------------------
+    def activations(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g, f) = (dL_v/dv, dL_h/dh), KH eq. (3)."""
+        return self.lagrangian_v.activation(v), self.lagrangian_h.activation(h)
+
+    def derivatives(self, v: torch.Tensor, h: torch.Tensor, clamp: torch.Tensor | None = None):
+        """(dv/dt, dh/dt) of KH eq. (1). Clamped feature neurons (mask True) have dv/dt = 0."""
+        g, f = self.activations(v, h)
+        xi = self.xi
+        dv = f @ xi
+        if self.alpha == 1.0:
+            dv = dv - v
+        else:
+            dv = dv - self.alpha * v
+        if self.input_current is not None:
+            dv = dv + self.input_current
+        dv = dv / self.tau_f
+        dh = (g @ xi.T - h) / self.tau_h
+        if clamp is not None:
+            dv = dv.masked_fill(clamp, 0.0)
+        return dv, dh
+
+    def energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """E(v, h) of KH eq. (2), shape (B,)."""
+        g, f = self.activations(v, h)
+        e = self.lagrangian_v.legendre(v) + self.lagrangian_h.legendre(h) - ((f @ self.xi) * g).sum(-1)
+        if self.input_current is not None:
+            e = e - (self.input_current * g).sum(-1)
+        return e
+
+    def energy_rate(self, v: torch.Tensor, h: torch.Tensor, clamp: torch.Tensor | None = None) -> torch.Tensor:
+        """dE/dt from KH eq. (4): -tau_f v'^T Hess(L_v) v' - tau_h h'^T Hess(L_h) h', shape (B,)."""
+        dv, dh = self.derivatives(v, h, clamp)
+        return -self.tau_f * self.lagrangian_v.curvature(v, dv) - self.tau_h * self.lagrangian_h.curvature(h, dh)
+
+    def fixed_point_residual(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per batch element, max |h - xi g| and max |alpha v - xi^T f - I| (zero at a fixed point)."""
+        g, f = self.activations(v, h)
+        rh = (h - g @ self.xi.T).abs().amax(-1)
+        rv = self.alpha * v - f @ self.xi
+        if self.input_current is not None:
+            rv = rv - self.input_current
+        return rh, rv.abs().amax(-1)
+
+    # -- integration -------------------------------------------------------------------------------
+    def simulate(
+        self,
+        v0,
+        h0=None,
+        t_max: float = 10.0,
+        method: str = "rk4",
+        dt: float | None = None,
+        tol: float | None = None,
+        record_every: int = 1,
+        clamp=None,
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+    ) -> Trajectory:
+        """Integrate KH eq. (1) from ``v0`` (B, N_f) or (N_f,) until ``t_max`` or convergence.
+
+        ``h0`` defaults to the memory layer's steady state for the cue, ``xi g(v0)`` (KH eq. 5).
+        Fixed-step methods take steps of ``dt`` (default ``min(tau_f, tau_h) / 10``); adaptive
+        methods (torchdiffeq) run with ``rtol``/``atol`` and check convergence every ``dt``.
+        Integration stops early once every batch element has ``max |dv/dt|, |dh/dt| < tol``
+        (default ``tol``: 1e-6 in float64, 1e-3 in float32 and below, where rounding of the currents
+        alone leaves derivatives of order eps |h| / tau_h).
+        ``clamp``: boolean mask (N_f,) or (B, N_f) of feature neurons held at their value in ``v0``.
+        States are recorded every ``record_every`` steps, and always at the start and end.
+        A non-finite state raises :class:`~assocmem.DivergenceError` naming the step and layer.
+        """
+        method = _int.check_method(method)
+        t_max = float(check_positive("t_max", t_max))
+        tau_min = float(min(float(self.tau_f), float(self.tau_h)))
+        dt = tau_min / 10.0 if dt is None else float(check_positive("dt", dt))
+        if tol is None:
+            tol = 1e-6 if self.xi.dtype == torch.float64 else 1e-3
+        tol = float(check_positive("tol", tol))
+        record_every = check_int("record_every", record_every, minimum=1)
+        xi = self.xi
+        v0 = check_tensor("v0", v0, ndim=(1, 2), expected=f"shape ({self.n_features},) or (B, {self.n_features})")
+        single = v0.ndim == 1
+        v = (v0.unsqueeze(0) if single else v0).to(dtype=xi.dtype, device=xi.device)
+        if v.shape[-1] != self.n_features:
+            raise ValueError(f"v0: got {describe(v0)}; expected last dimension N_f = {self.n_features} (xi is {tuple(xi.shape)})")
+        B = v.shape[0]
+        if h0 is None:
+            h = self.lagrangian_v.activation(v) @ xi.T
+        else:
+            h = check_tensor("h0", h0, ndim=(1, 2)).to(dtype=xi.dtype, device=xi.device)
+            if h.ndim == 1:
+                h = h.unsqueeze(0).expand(B, -1)
+            if h.shape != (B, self.n_memories):
+                raise ValueError(f"h0: got {describe(h0)}; expected shape ({B}, {self.n_memories}) to match v0 and xi")
+            h = h.clone()
+        if clamp is not None:
+            clamp = check_tensor("clamp", clamp, ndim=(1, 2), floating=False, finite=False, dtype=torch.bool)
+            clamp = clamp.to(xi.device)
+            if clamp.shape[-1] != self.n_features or (clamp.ndim == 2 and clamp.shape[0] not in (1, B)):
+                raise ValueError(f"clamp: got {describe(clamp)}; expected a bool mask of shape ({self.n_features},) or ({B}, {self.n_features})")
+            clamp = clamp.expand(B, -1)
+        if self.input_current is not None and self.input_current.ndim == 2 and self.input_current.shape[0] not in (1, B):
+            raise ValueError(f"input_current: got {describe(self.input_current)}; expected batch size {B} to match v0")
+
+        def func(state):
+            return self.derivatives(state[0], state[1], clamp)
+
+        ts, vs, hs, es = [0.0], [v], [h], [self.energy(v, h)]
+        self._check_finite(0, 0.0, v, h, es[0])
+        n_steps = max(1, math.ceil(t_max / dt - 1e-9))
+        nfe = 0
+        t = 0.0
+        converged = torch.zeros(B, dtype=torch.bool, device=xi.device)
+        steps = 0
+        adaptive = method in _int.ADAPTIVE
+        stepper = None if adaptive else _int.FIXED_STEP[method]
+        for k in range(1, n_steps + 1):
+            k1 = func((v, h))
+            nfe += 1
+            speed = torch.maximum(k1[0].abs().amax(-1), k1[1].abs().amax(-1))
+            converged = speed < tol
+            if bool(converged.all()):
+                break
+            step_dt = min(dt, t_max - t)
+            if adaptive:
+                (v, h), calls = _int.adaptive_advance(func, (v, h), t, t + step_dt, method, rtol, atol, None)
+                nfe += calls
+            else:
+                v, h = stepper(func, (v, h), step_dt, k1)
+                nfe += 3 if method == "rk4" else 0
+            t += step_dt
+            steps = k
+            if not (bool(torch.isfinite(v).all()) and bool(torch.isfinite(h).all())):
+                self._check_finite(k, t, v, h, None)
+            if k % record_every == 0 or k == n_steps:
+                e = self.energy(v, h)
+                self._check_finite(k, t, v, h, e)
+                ts.append(t)
+                vs.append(v)
+                hs.append(h)
+                es.append(e)
+        else:
+            dv, dh = func((v, h))
+            nfe += 1
+            converged = torch.maximum(dv.abs().amax(-1), dh.abs().amax(-1)) < tol
+        if ts[-1] != t:
+            ts.append(t)
+            vs.append(v)
+            hs.append(h)
+            es.append(self.energy(v, h))
+        return Trajectory(
+            t=torch.tensor(ts, dtype=xi.dtype, device=xi.device),
+            v=torch.stack(vs),
+            h=torch.stack(hs),
+            energy=torch.stack(es),
+            converged=converged,
+            steps=steps,
+            nfe=nfe,
+        )
+
+    @staticmethod
+    def _check_finite(step: int, t: float, v, h, e) -> None:
+        for layer, x in (("feature layer v", v), ("memory layer h", h), ("energy", e)):
+            if x is None:
+                continue
+            bad = ~torch.isfinite(x)
+            if bool(bad.any()):
+                rows = bad.reshape(bad.shape[0], -1).any(-1).nonzero().flatten().tolist()
+                raise DivergenceError(
+                    f"integration diverged at step {step} (t = {t:.6g}): non-finite values in the {layer} "
+                    f"for batch element(s) {rows[:10]}{'...' if len(rows) > 10 else ''}; "
+                    "reduce dt, use an adaptive method, or check that both Lagrangians are convex"
+                )

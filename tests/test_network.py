@@ -1,0 +1,189 @@
+"""The general two-layer network (KH eq. 1-4): energy descent, dE/dt of eq. (4), fixed points,
+integrators, clamping and bad input."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from assocmem import DivergenceError, TwoLayerNetwork
+from assocmem.lagrangians import (
+    Exp, LayerNorm, LogSumExp, Power, Quadratic, RectifiedPower, Sigmoid, Spherical, Tanh,
+)
+
+# convex pairs whose dynamics stay bounded: (L_v factory, L_h factory)
+PAIRS = [
+    (lambda b: Tanh(b), lambda b: Quadratic()),
+    (lambda b: Tanh(b), lambda b: LogSumExp(b)),
+    (lambda b: Sigmoid(b), lambda b: Quadratic()),
+    (lambda b: Sigmoid(b), lambda b: Tanh(b)),
+    (lambda b: Tanh(b), lambda b: RectifiedPower(2)),
+    (lambda b: Quadratic(), lambda b: LogSumExp(b)),
+    (lambda b: Quadratic(), lambda b: Tanh(b)),
+    (lambda b: Quadratic(), lambda b: Sigmoid(b)),
+    (lambda b: Spherical(), lambda b: RectifiedPower(2)),
+    (lambda b: Spherical(), lambda b: LogSumExp(b)),
+    (lambda b: LayerNorm(), lambda b: LogSumExp(b)),
+    (lambda b: LayerNorm(), lambda b: Tanh(b)),
+]
+
+
+def make_net(seed, n_f, n_h, pair, beta, tau_ratio, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    xi = torch.randn(n_h, n_f, generator=g, dtype=dtype) / math.sqrt(n_f)
+    lv, lh = PAIRS[pair]
+    net = TwoLayerNetwork(xi, lv(beta), lh(beta), tau_f=1.0, tau_h=tau_ratio)
+    v0 = torch.randn(3, n_f, generator=g, dtype=dtype) * 2
+    return net, v0
+
+
+net_cases = dict(
+    seed=st.integers(0, 10_000),
+    n_f=st.integers(2, 12),
+    n_h=st.integers(1, 12),
+    pair=st.integers(0, len(PAIRS) - 1),
+    beta=st.floats(0.3, 4.0),
+    tau_ratio=st.sampled_from([0.2, 0.5, 1.0, 3.0]),
+)
+
+
+@settings(max_examples=60)
+@given(**net_cases)
+def test_energy_never_increases_along_rk4(seed, n_f, n_h, pair, beta, tau_ratio):
+    net, v0 = make_net(seed, n_f, n_h, pair, beta, tau_ratio)
+    dt = 0.04 * min(1.0, tau_ratio)
+    h0 = torch.randn(3, n_h, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
+    tr = net.simulate(v0, h0=h0, t_max=3.0, dt=dt, tol=1e-10)
+    e = tr.energy
+    tol = 1e-10 + 10 * dt**4 * (1 + e.abs().max())  # rk4 local error is O(dt^5)
+    assert (e[1:] - e[:-1]).max() <= tol
+
+
+@settings(max_examples=50)
+@given(**net_cases)
+def test_energy_rate_of_eq4_matches_numerical_derivative(seed, n_f, n_h, pair, beta, tau_ratio):
+    net, v0 = make_net(seed, n_f, n_h, pair, beta, tau_ratio)
+    dt = 1e-3 * min(1.0, tau_ratio)
+    h0 = torch.randn(3, n_h, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 2))
+    tr = net.simulate(v0, h0=h0, t_max=40 * dt, dt=dt, tol=1e-14)
+    if tr.steps < 40:  # converged before: nothing moves
+        return
+    k = 20
+    numeric = (tr.energy[k + 1] - tr.energy[k - 1]) / (2 * dt)
+    analytic = net.energy_rate(tr.v[k], tr.h[k])
+    scale = analytic.abs() + 1e-6
+    assert torch.all((numeric - analytic).abs() <= 1e-3 * scale + 1e-6), (numeric, analytic)
+    assert torch.all(analytic <= 1e-12)
+
+
+@pytest.mark.parametrize("method", ["rk4", "euler", "dopri5", "bosh3"])
+def test_converged_state_is_fixed_point(method):
+    g = torch.Generator().manual_seed(0)
+    xi = torch.sign(torch.randn(6, 30, generator=g, dtype=torch.float64))
+    net = TwoLayerNetwork(xi, Quadratic(), LogSumExp(0.5), tau_f=1.0, tau_h=0.2)
+    cue = xi[:4] * (torch.rand(4, 30, generator=g, dtype=torch.float64) > 0.3)
+    tr = net.simulate(cue, t_max=60.0, dt=0.05 if method != "euler" else 0.01, method=method, tol=1e-7)
+    assert tr.converged.all()
+    rh, rv = net.fixed_point_residual(tr.final_v, tr.final_h)
+    assert rh.max() < 1e-6 and rv.max() < 1e-6
+    # and the fixed point is the stored memory
+    assert torch.equal(torch.sign(tr.final_v), xi[:4])
+    assert tr.steps < 60 / 0.01  # stopped early
+
+
+def test_rk4_matches_adaptive_solution():
+    net, v0 = make_net(3, 8, 5, 1, 2.0, 0.5)
+    a = net.simulate(v0, t_max=2.0, dt=0.01, method="rk4", tol=1e-14)
+    b = net.simulate(v0, t_max=2.0, dt=0.5, method="dopri5", tol=1e-14, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a.final_v, b.final_v, rtol=1e-6, atol=1e-7)
+    assert a.t[-1].item() == pytest.approx(2.0) and b.t[-1].item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_and_shapes(dtype):
+    g = torch.Generator().manual_seed(0)
+    xi = torch.randn(7, 9, generator=g).to(dtype)
+    net = TwoLayerNetwork(xi, Tanh(2.0), Quadratic(), tau_f=2.0, tau_h=0.5)
+    tr = net.simulate(torch.randn(9, generator=g), t_max=1.0, dt=0.1, record_every=3)
+    assert tr.v.dtype == dtype and tr.v.shape[1:] == (1, 9) and tr.h.shape[1:] == (1, 7)
+    assert tr.energy.shape == (tr.t.shape[0], 1)
+    assert tr.t[0] == 0 and tr.t[-1].item() == pytest.approx(1.0)
+    dv, dh = net.derivatives(tr.final_v, tr.final_h)
+    assert dv.shape == (1, 9) and dh.shape == (1, 7)
+
+
+def test_input_current_enters_energy_and_fixed_point():
+    g = torch.Generator().manual_seed(0)
+    xi = torch.randn(4, 6, generator=g, dtype=torch.float64) / 3
+    I = torch.randn(6, generator=g, dtype=torch.float64)
+    net = TwoLayerNetwork(xi, Tanh(1.0), Quadratic(), tau_f=1.0, tau_h=0.5, input_current=I)
+    tr = net.simulate(torch.zeros(2, 6, dtype=torch.float64), t_max=200, dt=0.05, tol=1e-8)
+    assert tr.converged.all()
+    v, h = tr.final_v, tr.final_h
+    torch.testing.assert_close(v, torch.tanh(v) @ xi.T @ xi + I, atol=1e-6, rtol=0)  # v = xi^T f + I, f = h = xi g
+    assert (tr.energy.diff(dim=0) <= 1e-9).all()
+
+
+def test_clamped_neurons_stay_fixed():
+    g = torch.Generator().manual_seed(0)
+    xi = torch.sign(torch.randn(5, 20, generator=g, dtype=torch.float64))
+    net = TwoLayerNetwork(xi, Quadratic(), LogSumExp(1.0), tau_f=1.0, tau_h=0.1)
+    cue = xi[2].clone()
+    cue[10:] = 0
+    mask = torch.zeros(20, dtype=torch.bool)
+    mask[:10] = True
+    tr = net.simulate(cue, t_max=30, dt=0.05, clamp=mask)
+    assert torch.equal(tr.v[:, 0, :10], cue[:10].expand(tr.v.shape[0], 10))
+    assert torch.equal(torch.sign(tr.final_v[0, 10:]), xi[2, 10:])
+    assert (tr.energy.diff(dim=0) <= 1e-9).all()
+
+
+def test_bad_input_messages():
+    xi = torch.randn(4, 6)
+    with pytest.raises(ValueError, match="xi.*expected a 2-D"):
+        TwoLayerNetwork(torch.randn(6), Quadratic(), Quadratic())
+    with pytest.raises(ValueError, match="xi: 1 non-finite"):
+        TwoLayerNetwork(torch.tensor([[1.0, float("nan")]]), Quadratic(), Quadratic())
+    with pytest.raises(ValueError, match="tau_f.*> 0"):
+        TwoLayerNetwork(xi, Quadratic(), Quadratic(), tau_f=0)
+    with pytest.raises(ValueError, match="tau_h.*> 0"):
+        TwoLayerNetwork(xi, Quadratic(), Quadratic(), tau_h=-1.0)
+    with pytest.raises(TypeError, match="lagrangian_h.*Lagrangian"):
+        TwoLayerNetwork(xi, Quadratic(), torch.tanh)
+    net = TwoLayerNetwork(xi, Tanh(), Quadratic())
+    with pytest.raises(ValueError, match=r"v0.*expected last dimension N_f = 6"):
+        net.simulate(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="v0.*non-finite"):
+        net.simulate(torch.tensor([[0.0, 1, 2, 3, 4, float("inf")]]))
+    with pytest.raises(ValueError, match="method.*'rk4'"):
+        net.simulate(torch.randn(6), method="rk5")
+    with pytest.raises(ValueError, match="h0.*expected shape \\(1, 4\\)"):
+        net.simulate(torch.randn(6), h0=torch.randn(2, 3))
+    with pytest.raises(ValueError, match="clamp"):
+        net.simulate(torch.randn(6), clamp=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="dt"):
+        net.simulate(torch.randn(6), dt=0)
+    with pytest.raises(ValueError, match="input_current"):
+        TwoLayerNetwork(xi, Tanh(), Quadratic(), input_current=torch.randn(5))
+
+
+def test_divergence_raises_clear_error():
+    g = torch.Generator().manual_seed(0)
+    xi = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    # non-convex, unbounded hidden Lagrangian and a huge step: the state blows up
+    net = TwoLayerNetwork(xi, Quadratic(), Power(3), tau_f=1.0, tau_h=0.1)
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+ .*non-finite values in the (feature layer v|memory layer h|energy)"):
+        net.simulate(torch.randn(2, 8, generator=g, dtype=torch.float64) * 3, t_max=100.0, dt=0.5)
+    net = TwoLayerNetwork(xi, Quadratic(), Exp(5.0), tau_f=1.0, tau_h=1.0)
+    with pytest.raises(DivergenceError):
+        net.simulate(torch.ones(1, 8, dtype=torch.float64) * 5, t_max=50.0, dt=1.0, method="euler")
+
+
+def test_trainable_xi_gets_gradients():
+    xi = torch.nn.Parameter(torch.randn(4, 6, dtype=torch.float64) * 0.3)
+    net = TwoLayerNetwork(xi, Tanh(1.0), LogSumExp(2.0), tau_f=1.0, tau_h=0.5)
+    assert any(p is xi for p in net.parameters())
+    tr = net.simulate(torch.randn(2, 6, dtype=torch.float64), t_max=1.0, dt=0.1, tol=1e-12)
+    tr.final_v.pow(2).sum().backward()
+    assert xi.grad is not None and torch.isfinite(xi.grad).all() and xi.grad.abs().sum() > 0
