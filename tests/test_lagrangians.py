@@ -9,6 +9,7 @@ from assocmem.lagrangians import (
     CATALOG,
     Abs,
     Exp,
+    Heaviside,
     LayerNorm,
     Lagrangian,
     LogSumExp,
@@ -24,7 +25,7 @@ from assocmem.lagrangians import (
 ALL = [
     Quadratic(), Abs(), Tanh(1.0), Tanh(3.5), Sigmoid(1.0), Sigmoid(0.3), RectifiedPower(2), RectifiedPower(3),
     Power(2), Power(3), Power(4), Exp(1.0), Exp(0.5), LogSumExp(1.0), LogSumExp(4.0), Spherical(), LayerNorm(),
-    LayerNorm(gamma=2.0, eps=0.1),
+    LayerNorm(gamma=2.0, eps=0.1), Heaviside(0.5), Heaviside(0.21),
 ]
 IDS = [repr(l) for l in ALL]
 

@@ -383,3 +383,37 @@ def from_spec(spec: dict) -> Lagrangian:
         raise ValueError(f"lagrangian spec: got {spec!r}; expected a dict with 'name' in {sorted(CATALOG)}")
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     return CATALOG[spec["name"]](**kwargs)
+
+
+class Heaviside(Lagrangian):
+    """L = sum max(x - theta, 0); activation: the Heaviside step Θ(x - theta) (Θ(0) = 0). Convex,
+    bounded; the hidden layer of the threshold model (Kafraj, Krotov & Latham 2026, MODELS.md sec. 5).
+    The Hessian is zero away from the kink, so ``curvature`` is 0; the Legendre term is theta·Θ(x - theta)."""
+
+    bounded = True
+
+    def __init__(self, theta: float = 0.5):
+        super().__init__()
+        self.theta = check_positive("theta", theta, allow_zero=True)
+
+    def value(self, x):
+        return torch.clamp(x - self.theta, min=0).sum(-1)
+
+    def activation(self, x):
+        return (x > self.theta).to(x.dtype)
+
+    def legendre(self, x):
+        return self.theta * (x > self.theta).to(x.dtype).sum(-1)
+
+    def curvature(self, x, dx):
+        return torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
+
+    def extra_repr(self) -> str:
+        return f"theta={float(self.theta)}"
+
+    def spec(self) -> dict:
+        return {"name": "Heaviside", "theta": float(self.theta)}
+
+
+CATALOG[Heaviside.__name__] = Heaviside
+__all__.append("Heaviside")
