@@ -1,0 +1,411 @@
+"""Streaming Model B retrieval over banks larger than memory (KH eq. 13 and 16, spec "Model B").
+
+``streaming_retrieve`` runs ``v <- xi^T softmax(beta xi v)`` chunk by chunk over the memory axis
+with an online log-sum-exp, so the memory it needs beyond the bank is bounded by the chunk size;
+``MemmapBank`` is a memory-mapped, verified bank file (safetensors layout) so K can exceed RAM;
+``StreamingMemory`` recalls from such a bank and gets its energies from the same pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from . import _kernels
+from ._validation import CorruptBankError, DivergenceError, as_batch, check_int, check_positive, check_tensor, describe
+from .models import RecallResult
+
+__all__ = ["MemmapBank", "write_bank", "streaming_retrieve", "StreamingMemory"]
+
+_FORMAT = "assocmem-memmap"
+_ST_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
+_FROM_ST = {v: k for k, v in _ST_DTYPES.items()}
+_NP_STORAGE = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": np.uint16}
+_BLOCK_BYTES = 64 << 20  # one checksum per 64 MiB of pattern data
+_VERIFY_AUTO_BYTES = 256 << 20  # MemmapBank(verify=None) checks every block of banks up to this size
+_MAX_HEADER = 100 << 20
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _header(K: int, N: int, st_dtype: str, itemsize: int, block_rows: int, checksums: list[str] | None) -> bytes:
+    meta = {"format": _FORMAT, "version": "1", "n_memories": str(K), "n_features": str(N),
+            "block_rows": str(block_rows),
+            "checksum": "blake2b-128" if checksums is not None else "none",
+            "checksums": ",".join(checksums) if checksums is not None else ""}
+    head = {"__metadata__": meta, "xi": {"dtype": st_dtype, "shape": [K, N], "data_offsets": [0, K * N * itemsize]}}
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # pad with spaces to 8-byte alignment, as safetensors does
+    return raw
+
+
+def _as_blocks(patterns, N: int | None):
+    """(N, iterator of 2-D row blocks as torch tensors) from a tensor, an array or an iterable of blocks."""
+    if isinstance(patterns, (torch.Tensor, np.ndarray)):
+        t = check_tensor("patterns", patterns, ndim=2, expected="shape (K, N): one stored pattern per row")
+        step = max(1, (16 << 20) // max(1, t.shape[1] * t.element_size()))
+        return t.shape[1], t.shape[0], (t[i:i + step] for i in range(0, t.shape[0], step))
+    return N, None, iter(patterns)
+
+
+def write_bank(path, patterns, *, dtype: torch.dtype | None = None, n_memories: int | None = None,
+               n_features: int | None = None, checksum: bool = True) -> "MemmapBank":
+    """Write a bank file atomically (temp file, fsync, ``os.replace``) and return it opened.
+
+    ``patterns``: a (K, N) tensor or array, or an iterable of (k_i, N) row blocks (then give
+    ``n_memories`` and ``n_features``; blocks are streamed, so the bank never has to fit in memory).
+    ``dtype``: stored dtype (float32, float64, float16 or bfloat16; default that of the patterns, or
+    float32). ``checksum``: store a BLAKE2b-128 digest of every 64 MiB block, checked by
+    :meth:`MemmapBank.verify`. The file is a valid safetensors file with one tensor ``xi``.
+    """
+    path = os.fspath(path)
+    N0, K0, blocks = _as_blocks(patterns, n_features)
+    if K0 is None:
+        if n_memories is None or n_features is None:
+            raise ValueError("n_memories, n_features: required when patterns is an iterable of blocks; "
+                             "expected the total row count K and the pattern size N")
+        K = check_int("n_memories", n_memories, minimum=1)
+        N = check_int("n_features", n_features, minimum=1)
+    else:
+        K, N = K0, N0
+        if n_memories is not None and int(n_memories) != K:
+            raise ValueError(f"n_memories: got {n_memories}; expected {K}, the number of rows of patterns")
+        if n_features is not None and int(n_features) != N:
+            raise ValueError(f"n_features: got {n_features}; expected {N}, the pattern size of patterns")
+    if dtype is None:
+        dtype = patterns.dtype if isinstance(patterns, torch.Tensor) and patterns.dtype in _ST_DTYPES else torch.float32
+    if dtype not in _ST_DTYPES:
+        raise TypeError(f"dtype: got {dtype}; expected one of float32, float64, float16, bfloat16")
+    st = _ST_DTYPES[dtype]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    block_rows = max(1, _BLOCK_BYTES // (N * itemsize))
+    n_blocks = -(-K // block_rows)
+    placeholder = ["0" * 32] * n_blocks if checksum else None
+    head = _header(K, N, st, itemsize, block_rows, placeholder)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-memmap-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(struct.pack("<Q", len(head)))
+            fh.write(head)
+            digests: list[str] = []
+            h = hashlib.blake2b(digest_size=16)
+            in_block = 0
+            block_bytes = block_rows * N * itemsize
+            rows = 0
+            for i, blk in enumerate(blocks):
+                b = check_tensor(f"patterns block {i}", blk, ndim=2, expected=f"shape (k, {N})")
+                if b.shape[1] != N:
+                    raise ValueError(f"patterns block {i}: got {describe(b)}; expected shape (k, {N})")
+                if rows + b.shape[0] > K:
+                    raise ValueError(f"patterns: the blocks hold more than n_memories = {K} rows")
+                b = b.detach().to(device="cpu", dtype=dtype).contiguous()
+                raw = (b.view(torch.int16) if dtype == torch.bfloat16 else b).numpy().tobytes()
+                fh.write(raw)
+                rows += b.shape[0]
+                if checksum:
+                    mv = memoryview(raw)
+                    while len(mv):
+                        take = min(len(mv), block_bytes - in_block)
+                        h.update(mv[:take])
+                        in_block += take
+                        mv = mv[take:]
+                        if in_block == block_bytes:
+                            digests.append(h.hexdigest())
+                            h = hashlib.blake2b(digest_size=16)
+                            in_block = 0
+            if rows != K:
+                raise ValueError(f"patterns: the blocks hold {rows} rows; expected n_memories = {K}")
+            if checksum:
+                if in_block:
+                    digests.append(h.hexdigest())
+                final = _header(K, N, st, itemsize, block_rows, digests)
+                assert len(final) == len(head)
+                fh.seek(8)
+                fh.write(final)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return MemmapBank(path, verify=False)
+
+
+class MemmapBank:
+    """A (K, N) pattern bank in a file, memory-mapped read-only: rows are read from disk as they are
+    used, so K may exceed RAM. Opening checks the header, dtype, shape and that the file size is
+    exactly what they imply (a truncated or padded file raises :class:`~assocmem.CorruptBankError`
+    and nothing is mapped). ``verify`` re-hashes the data against the stored BLAKE2b digests:
+    ``True`` always, ``False`` never, ``None`` (default) for banks up to 256 MiB; for huge banks
+    call :meth:`verify` when the read is worth it (it reads the whole file).
+    """
+
+    def __init__(self, path, verify: bool | None = None):
+        self.path = os.fspath(path)
+        try:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as fh:
+                lead = fh.read(8)
+                if len(lead) < 8:
+                    raise CorruptBankError(f"{self.path}: file is {size} bytes; expected at least an 8-byte header length (truncated?)")
+                (n,) = struct.unpack("<Q", lead)
+                if n == 0 or n > _MAX_HEADER or 8 + n > size:
+                    raise CorruptBankError(f"{self.path}: header length {n} does not fit a file of {size} bytes (truncated or not a bank)")
+                raw = fh.read(n)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"bank file {self.path!r} does not exist") from None
+        try:
+            head = json.loads(raw.decode("utf-8"))
+            meta = head.get("__metadata__") or {}
+            info = head["xi"]
+            st = info["dtype"]
+            K, N = (int(x) for x in info["shape"])
+            start, end = (int(x) for x in info["data_offsets"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CorruptBankError(f"{self.path}: unreadable bank header ({type(e).__name__}: {e}); expected a safetensors file with one tensor 'xi'") from None
+        if meta.get("format") != _FORMAT:
+            raise CorruptBankError(f"{self.path}: metadata format {meta.get('format')!r}; expected {_FORMAT!r} (written by assocmem.streaming.write_bank)")
+        if st not in _NP_STORAGE or len(head) != 2 or K < 1 or N < 1:
+            raise CorruptBankError(f"{self.path}: tensor 'xi' has dtype {st!r} and shape {info.get('shape')}; expected a 2-D F32/F64/F16/BF16 tensor")
+        itemsize = np.dtype(_NP_STORAGE[st]).itemsize
+        nbytes = K * N * itemsize
+        if start != 0 or end != nbytes:
+            raise CorruptBankError(f"{self.path}: data offsets [{start}, {end}] do not match shape ({K}, {N}) of {st}; expected [0, {nbytes}]")
+        if size != 8 + n + nbytes:
+            raise CorruptBankError(f"{self.path}: file is {size} bytes; header promises {8 + n + nbytes} ({K} x {N} {st}) - truncated or altered")
+        self.n_memories, self.n_features = K, N
+        self.dtype = _FROM_ST[st]
+        self.nbytes = nbytes
+        self._offset = 8 + n
+        self._block_rows = int(meta.get("block_rows", "0") or 0)
+        self._checksums = [c for c in meta.get("checksums", "").split(",") if c] if meta.get("checksum") == "blake2b-128" else None
+        if self._checksums is not None and (self._block_rows < 1 or len(self._checksums) != -(-K // self._block_rows)):
+            raise CorruptBankError(f"{self.path}: {len(self._checksums)} checksums for {K} rows in blocks of {self._block_rows}; header is inconsistent")
+        if verify or (verify is None and nbytes <= _VERIFY_AUTO_BYTES):
+            self.verify()
+        self.array = np.memmap(self.path, dtype=_NP_STORAGE[st], mode="r", offset=self._offset, shape=(K, N))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_memories, self.n_features)
+
+    @property
+    def has_checksums(self) -> bool:
+        return self._checksums is not None
+
+    def __len__(self) -> int:
+        return self.n_memories
+
+    def __repr__(self) -> str:
+        return f"MemmapBank({self.path!r}, shape={self.shape}, dtype={str(self.dtype).replace('torch.', '')})"
+
+    def verify(self) -> None:
+        """Re-hash every block and compare with the stored digests; raise CorruptBankError naming the
+        first bad block. A bank written with ``checksum=False`` has nothing to compare: ValueError."""
+        if self._checksums is None:
+            raise ValueError(f"{self.path}: written without checksums; nothing to verify against (its size and header were checked)")
+        itemsize = np.dtype(_NP_STORAGE[_ST_DTYPES[self.dtype]]).itemsize
+        block_bytes = self._block_rows * self.n_features * itemsize
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            for i, want in enumerate(self._checksums):
+                h = hashlib.blake2b(digest_size=16)
+                left = min(block_bytes, self.nbytes - i * block_bytes)
+                while left:
+                    buf = fh.read(min(left, 8 << 20))
+                    if not buf:
+                        raise CorruptBankError(f"{self.path}: ends inside block {i}; truncated")
+                    h.update(buf)
+                    left -= len(buf)
+                if h.hexdigest() != want:
+                    lo = i * self._block_rows
+                    raise CorruptBankError(f"{self.path}: checksum mismatch in block {i} (rows {lo}..{min(self.n_memories, lo + self._block_rows) - 1}); the data was altered")
+
+    def rows(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """A copy of rows start:stop as a torch tensor of the stored dtype."""
+        a = np.array(self.array[start:stop])
+        t = torch.from_numpy(a)
+        return t.view(torch.bfloat16) if self.dtype == torch.bfloat16 else t
+
+    def to_tensor(self) -> torch.Tensor:
+        """The whole bank in memory (only for banks that fit)."""
+        return self.rows()
+
+
+def _bank_source(bank):
+    """(numpy array or torch tensor, is_bf16, torch dtype, (K, N)) for any supported bank type."""
+    if isinstance(bank, MemmapBank):
+        return bank.array, bank.dtype == torch.bfloat16, bank.dtype, bank.shape
+    if isinstance(bank, np.ndarray):
+        if bank.ndim != 2 or bank.dtype not in (np.float32, np.float64, np.float16):
+            raise ValueError(f"bank: got {describe(bank)}; expected a 2-D float16/32/64 array of shape (K, N)")
+        return bank, False, torch.from_numpy(bank[:0]).dtype, bank.shape
+    if isinstance(bank, torch.Tensor):
+        if bank.ndim != 2 or bank.dtype not in _ST_DTYPES:
+            raise ValueError(f"bank: got {describe(bank)}; expected a 2-D floating tensor of shape (K, N)")
+        return bank, bank.dtype == torch.bfloat16, bank.dtype, tuple(bank.shape)
+    raise TypeError(f"bank: got {describe(bank)}; expected a torch.Tensor, numpy array or MemmapBank")
+
+
+def _check_chunk(chunk_size) -> int | None:
+    if chunk_size is None:
+        return None
+    return check_int("chunk_size", chunk_size, minimum=1)
+
+
+def streaming_retrieve(query, bank, beta=1.0, chunk_size: int | None = None, *, return_lse: bool = False,
+                       threads: int | None = None, lse_only: bool = False):
+    """One Model B update ``softmax(beta q xi^T) xi`` over ``bank`` (K, N), chunk by chunk.
+
+    ``bank``: a tensor (any device), a numpy array or memmap, or a :class:`MemmapBank`; float16 and
+    bfloat16 banks are converted chunk by chunk and accumulated in float32. ``query`` (B, N) or (N,).
+    Peak memory beyond the bank is O(B * chunk_size + chunk_size * N) per thread. With
+    ``return_lse`` also returns ``logsumexp(beta xi q)`` per query (the energy of KH eq. 13 is
+    ``1/2 q.q - lse / beta``). ``lse_only`` computes only the log-sum-exp (one product, half the
+    work) and returns it alone.
+    """
+    src, bf16, kdt, (K, N) = _bank_source(bank)
+    q = check_tensor("query", query, ndim=(1, 2), expected=f"shape ({N},) or (B, {N})")
+    q, single = as_batch("query", q, N)
+    beta = float(check_positive("beta", beta))
+    chunk = _check_chunk(chunk_size)
+    cdt = torch.float64 if (q.dtype == torch.float64 and kdt == torch.float64) else torch.float32
+    B = q.shape[0]
+    if chunk is None:
+        chunk = _kernels._default_chunk(B, N, N, K)
+    if q.device.type == "cpu" and not (isinstance(src, torch.Tensor) and src.device.type != "cpu"):
+        arr = src
+        if isinstance(src, torch.Tensor):
+            arr = _kernels._np_view(src.detach().contiguous())[0]
+        qs = np.multiply(q.detach().to(cdt).numpy(), beta, dtype=np.float64 if cdt == torch.float64 else np.float32)
+        nthreads = _kernels.kernel_threads() if threads is None else check_int("threads", threads, minimum=1)
+        m, l, acc = _kernels.retrieve_numpy(qs, arr, None, chunk, nthreads, bf16, normalise=False, lse_only=lse_only)
+        lse = torch.from_numpy(m + np.log(l))
+        out = None if lse_only else torch.from_numpy(acc / l[:, None])
+    else:
+        dev = q.device if isinstance(src, np.ndarray) else src.device
+        keys = src if isinstance(src, torch.Tensor) else _NumpyRows(src, bf16)
+        m, l, acc = _kernels.partial_torch((q.to(dev, cdt) * beta), keys, None, chunk, cdt, lse_only)
+        lse = m + torch.log(l)
+        out = None if lse_only else acc / l.unsqueeze(-1)
+    lse = lse.to(q.device)
+    if lse_only:
+        return lse[0] if single else lse
+    out = out.to(q.device)
+    if single:
+        out, lse = out[0], lse[0]
+    return (out, lse) if return_lse else out
+
+
+class _NumpyRows:
+    """Slices of a numpy bank as torch tensors (for the torch path with a host-side bank)."""
+
+    def __init__(self, arr, bf16):
+        self.arr, self.bf16 = arr, bf16
+        self.shape = arr.shape
+
+    def __getitem__(self, sl):
+        t = torch.from_numpy(np.ascontiguousarray(self.arr[sl]))
+        return t.view(torch.bfloat16) if self.bf16 else t
+
+
+class StreamingMemory:
+    """Model B (KH eq. 13-16) over a bank that need not fit in memory.
+
+    ``step`` is one update ``v <- xi^T softmax(beta xi v)``; ``recall`` iterates it, in batches of
+    ``batch_size`` cues, and reads each state's energy ``1/2 v.v - lse(beta xi v) / beta`` off the
+    log-sum-exp of the pass that updates it, so recording energies costs one extra half-pass at the
+    end rather than one per step (``energy=False`` skips it: then ``steps`` passes exactly).
+    """
+
+    def __init__(self, bank, beta: float = 1.0, chunk_size: int | None = None, batch_size: int | None = None):
+        self.bank = bank
+        _, _, self.bank_dtype, (self.n_memories, self.n_features) = _bank_source(bank)
+        self.beta = float(check_positive("beta", beta))
+        self.chunk_size = _check_chunk(chunk_size)
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, minimum=1)
+
+    def _q(self, name, x):
+        t = check_tensor(name, x, ndim=(1, 2), expected=f"shape ({self.n_features},) or (B, {self.n_features})")
+        return as_batch(name, t, self.n_features)
+
+    def step(self, x) -> torch.Tensor:
+        return streaming_retrieve(x, self.bank, self.beta, self.chunk_size)
+
+    def energy(self, x) -> torch.Tensor:
+        t, single = self._q("x", x)
+        lse = streaming_retrieve(t, self.bank, self.beta, self.chunk_size, lse_only=True)
+        e = 0.5 * (t.to(lse.dtype) ** 2).sum(-1) - lse / self.beta
+        return e[0] if single else e
+
+    def recall(self, cue, max_steps: int = 100, tol: float = 1e-6, energy: bool = True) -> RecallResult:
+        x, single = self._q("cue", cue)
+        max_steps = check_int("max_steps", max_steps, minimum=0)
+        tol = float(check_positive("tol", tol, allow_zero=True))
+        bs = self.batch_size or x.shape[0]
+        parts = [self._recall_batch(x[i:i + bs], max_steps, tol, energy) for i in range(0, x.shape[0], bs)]
+        steps = max(p[1] for p in parts)
+        state = torch.cat([p[0] for p in parts])
+        conv = torch.cat([p[2] for p in parts])
+        if energy:
+            # pad each batch's trace with its final energy so the traces stack to (steps + 1, B)
+            es = [torch.cat([p[3], p[3][-1:].expand(steps + 1 - p[3].shape[0], -1)]) for p in parts]
+            en = torch.cat(es, dim=1)
+        else:
+            en = torch.empty(0, state.shape[0])
+        if single:
+            return RecallResult(state[0], steps, conv[0], en[:, 0] if energy else en[:, :0].reshape(0))
+        return RecallResult(state, steps, conv, en)
+
+    def _recall_batch(self, x, max_steps, tol, energy):
+        B = x.shape[0]
+        cdt = torch.float64 if (x.dtype == torch.float64 and self.bank_dtype == torch.float64) else torch.float32
+        x = x.to(cdt)
+        converged = torch.zeros(B, dtype=torch.bool)
+        rows = []  # row s: energy of x_s for the rows still moving at pass s + 1, NaN for finished ones
+        steps = 0
+        for s in range(1, max_steps + 1):
+            active = (~converged).nonzero().flatten()
+            xa = x.index_select(0, active)
+            new, lse = streaming_retrieve(xa, self.bank, self.beta, self.chunk_size, return_lse=True)
+            if not bool(torch.isfinite(new).all()):
+                raise DivergenceError(f"recall produced non-finite states at step {s}")
+            if energy:
+                e = torch.full((B,), math.nan, dtype=cdt)
+                e[active] = 0.5 * (xa * xa).sum(-1) - lse / self.beta
+                rows.append(e)
+            done = (new - xa).abs().amax(-1) <= tol
+            x = x.index_copy(0, active, new)
+            converged = converged.index_copy(0, active, done)
+            steps = s
+            if bool(converged.all()):
+                break
+        if not energy:
+            return x, steps, converged, None
+        # the last states' energies: one more half pass (scores and log-sum-exp only); rows that
+        # finished early share these final values
+        final = self.energy(x).to(cdt)
+        rows.append(final)
+        en = torch.stack(rows)
+        return x, steps, converged, torch.where(torch.isnan(en), final.expand_as(en), en)

@@ -1,0 +1,214 @@
+"""The chunked online-softmax retrieval kernel (assocmem._kernels): equality with plain torch
+softmax(beta q k^T) v for every path, dtype and chunking; the log-sum-exp merge; dispatch rules
+(gradients, masks, tiny problems go to torch); the calibration cache on disk."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from assocmem import _kernels as K
+from assocmem import functional as AF
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASSOCMEM_CACHE_DIR", str(tmp_path / "cache"))
+    K.clear_cache()
+    mode = K.get_mode()
+    yield
+    K.set_mode(mode)
+    K.clear_cache()
+
+
+def ref(q, keys, values, beta):
+    values = keys if values is None else values
+    return torch.softmax(beta * q.double() @ keys.double().T, -1) @ values.double()
+
+
+def data(B, N, Kk, M=None, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, N, generator=g, dtype=torch.float64).to(dtype)
+    k = (torch.randn(Kk, N, generator=g, dtype=torch.float64) / math.sqrt(N)).to(dtype)
+    v = None if M is None else torch.randn(Kk, M, generator=g, dtype=torch.float64).to(dtype)
+    return q, k, v
+
+
+def run_np(q, k, v, beta, chunk, threads, bf16=False):
+    qs = np.multiply(q.numpy(), beta, dtype=np.float32 if q.dtype != torch.float64 else np.float64)
+    kn, is_bf16 = K._np_view(k)
+    vn = None if v is None else K._np_view(v)[0]
+    return torch.from_numpy(K.retrieve_numpy(qs, kn, vn, chunk, threads, is_bf16))
+
+
+@settings(max_examples=40)
+@given(B=st.integers(1, 9), N=st.integers(1, 20), Kk=st.integers(1, 300), chunk=st.integers(1, 64),
+       threads=st.sampled_from([1, 2, 3]), beta=st.floats(0.01, 30.0), seed=st.integers(0, 99),
+       separate_values=st.booleans())
+def test_kernel_equals_plain_softmax_float64(B, N, Kk, chunk, threads, beta, seed, separate_values):
+    q, k, v = data(B, N, Kk, 5 if separate_values else None, seed, torch.float64)
+    out = run_np(q, k, v, beta, chunk, threads)
+    torch.testing.assert_close(out, ref(q, k, v, beta), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 13, 256, 1000, 5000])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_float32_relative_error(chunk, threads):
+    q, k, _ = data(17, 48, 1000, seed=3)
+    out = run_np(q, k, None, 4.0, chunk, threads)
+    r = ref(q, k, None, 4.0)
+    assert ((out.double() - r).abs().max() / r.abs().max()) < 1e-5
+
+
+def test_large_beta_does_not_overflow():
+    q, k, _ = data(4, 32, 500, seed=1)
+    out = run_np(q, k, None, 500.0, 64, 2)  # scores ~ 500 * 5: exp would overflow without the max shift
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref(q, k, None, 500.0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_low_precision_banks_accumulate_in_float32(low):
+    q, k, _ = data(6, 40, 700, seed=2)
+    kl = k.to(low)
+    out = run_np(q, kl, None, 3.0, 128, 2)
+    assert out.dtype == torch.float32
+    r = ref(q, kl.float(), None, 3.0)  # exact reference on the rounded bank
+    assert ((out.double() - r).abs().max() / r.abs().max()) < 1e-5
+
+
+def test_deterministic_across_calls():
+    q, k, _ = data(8, 32, 3000, seed=4)
+    a = run_np(q, k, None, 2.0, 64, 2)
+    b = run_np(q, k, None, 2.0, 64, 2)
+    assert torch.equal(a, b)
+
+
+@settings(max_examples=30)
+@given(Kk=st.integers(2, 200), cut=st.integers(1, 199), seed=st.integers(0, 50), beta=st.floats(0.1, 50.0))
+def test_lse_merge_of_two_halves_is_the_whole(Kk, cut, seed, beta):
+    cut = min(cut, Kk - 1)
+    q, k, _ = data(3, 7, Kk, seed=seed, dtype=torch.float64)
+    qs = (beta * q).numpy()
+    kn = k.numpy()
+    a = K.partial_numpy(qs, kn, None, 0, cut, 16)
+    b = K.partial_numpy(qs, kn, None, cut, Kk, 16)
+    m, l, acc = K.merge_partials([a, b])
+    scores = (beta * q) @ k.T
+    np.testing.assert_allclose(m + np.log(l), torch.logsumexp(scores, -1).numpy(), rtol=1e-12)
+    # the torch version of the same merge agrees (finish normalises numpy arrays in place: last)
+    tm, tl, tacc = K.merge_partials([tuple(map(torch.from_numpy, a)), tuple(map(torch.from_numpy, b))])
+    out = K.finish(m, l, acc)
+    np.testing.assert_allclose(out, ref(q, k, None, beta).numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(K.finish(tm, tl, tacc).numpy(), out, rtol=1e-12)
+
+
+def test_partial_torch_matches_numpy_and_lse_only():
+    q, k, v = data(5, 12, 333, M=4, seed=5, dtype=torch.float64)
+    pt = K.partial_torch(2.0 * q, k, v, 50)
+    pn = K.partial_numpy((2.0 * q).numpy(), k.numpy(), v.numpy(), 0, 333, 50)
+    for a, b in zip(pt, pn):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-12)
+    m, l, acc = K.partial_numpy((2.0 * q).numpy(), k.numpy(), None, 0, 333, 50, lse_only=True)
+    assert acc.shape == (5, 0)
+    np.testing.assert_allclose(m + np.log(l), torch.logsumexp(2.0 * q @ k.T, -1).numpy(), rtol=1e-12)
+
+
+# --- dispatch -----------------------------------------------------------------------------------------
+def test_dispatch_declines_what_it_does_not_handle():
+    K.set_mode("numpy")
+    q, k, v = data(64, 64, 2000, seed=6)
+    assert K.try_retrieve(q, k, None, 1.0, None) is not None
+    assert K.try_retrieve(q, k, None, 1.0, torch.zeros(64, 2000, dtype=torch.bool)) is None  # mask
+    assert K.try_retrieve(q.unsqueeze(0), k.unsqueeze(0), None, 1.0, None) is None  # batched keys
+    assert K.try_retrieve(q.requires_grad_(), k, None, 1.0, None) is None  # gradients needed
+    with torch.no_grad():
+        assert K.try_retrieve(q, k, None, 1.0, None) is not None  # ...but not under no_grad
+    q = q.detach()
+    assert K.try_retrieve(q, torch.nn.Parameter(k), None, 1.0, None) is None
+    assert K.try_retrieve(q, k.T.contiguous().T, None, 1.0, None) is None  # non-contiguous bank
+    assert K.try_retrieve(q.double(), k, None, 1.0, None) is None  # mixed float64 / float32
+    assert K.try_retrieve(q, k, None, torch.tensor(1.0, requires_grad=True), None) is None
+    K.set_mode("torch")
+    assert K.try_retrieve(q, k, None, 1.0, None) is None
+    K.set_mode("auto")
+    tiny_q, tiny_k, _ = data(1, 64, 1000)
+    assert K.try_retrieve(tiny_q, tiny_k, None, 1.0, None) is None  # tiny: plain torch
+    with pytest.raises(ValueError, match="mode"):
+        K.set_mode("fast")
+
+
+@pytest.mark.parametrize("mode", ["numpy", "torch"])
+def test_functional_retrieve_same_result_either_path(mode):
+    K.set_mode(mode)
+    q, k, v = data(32, 40, 3000, M=24, seed=7)
+    for values in (None, v):
+        out = AF.retrieve(q, k, values, beta=0.7)
+        r = ref(q, k, values, 0.7)
+        assert ((out.double() - r).abs().max() / r.abs().max()) < 1e-5
+
+
+def test_gradients_still_flow_through_retrieve():
+    K.set_mode("numpy")
+    q, k, _ = data(16, 32, 3000, seed=8, dtype=torch.float64)
+    k.requires_grad_()
+    out = AF.retrieve(q, k, beta=1.3)
+    out.square().sum().backward()
+    k2 = k.detach().clone().requires_grad_()
+    (torch.softmax(1.3 * q @ k2.T, -1) @ k2).square().sum().backward()
+    torch.testing.assert_close(k.grad, k2.grad)
+
+
+def test_modern_hopfield_uses_the_kernel_and_agrees():
+    from assocmem import ModernHopfield
+
+    q, k, _ = data(40, 64, 4000, seed=9)
+    m = ModernHopfield(k, beta=2.0)
+    K.set_mode("torch")
+    a = m.step(q)
+    K.set_mode("numpy")
+    b = m.step(q)
+    assert ((a - b).abs().max() / a.abs().max()) < 1e-5
+    ra = m.recall(q, max_steps=5)
+    K.set_mode("torch")
+    rb = m.recall(q, max_steps=5)
+    assert ra.steps == rb.steps
+    torch.testing.assert_close(ra.state, rb.state, rtol=1e-4, atol=1e-5)
+
+
+# --- calibration cache ----------------------------------------------------------------------------------
+def test_calibration_is_cached_on_disk_and_reused(tmp_path, monkeypatch):
+    choice = K.calibrate(8, 16, 4096, rounds=1)
+    assert choice[0] in ("torch", "numpy")
+    path = K.cache_path()
+    assert path.startswith(str(tmp_path / "cache"))
+    data_ = json.loads(open(path).read())
+    assert list(data_["decisions"].values()) == [list(choice)]
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.startswith(".kernels-")]  # no temp left
+    K.clear_cache()  # forget in memory: the next decision must come from disk, without timing anything
+    monkeypatch.setattr(K, "calibrate", lambda *a, **k: pytest.fail("recalibrated despite the cache"))
+    assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == choice
+    # same class (same power-of-two buckets) reuses it too
+    assert K.decide(7, 15, 4000, 15, torch.float32, torch.float32) == choice
+
+
+def test_unreadable_cache_is_ignored_and_rewritten():
+    path = K.cache_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("{not json")
+    choice = K.decide(8, 16, 4096, 16, torch.float32, torch.float32)
+    assert json.loads(open(path).read())["decisions"]  # replaced by a valid file
+    assert choice[0] in ("torch", "numpy")
+
+
+def test_blas_threads_restored_after_kernel():
+    ctl = K._blas_controllers()
+    before = [c.num_threads for c in ctl]
+    q, k, _ = data(8, 16, 2000)
+    run_np(q, k, None, 1.0, 64, 2)
+    assert [c.num_threads for c in ctl] == before
