@@ -2,9 +2,10 @@
 
 The general two-layer network (``TwoLayerNetwork``, KH eq. 1-4) built from Lagrangians
 (``assocmem.lagrangians``), and its effective limits (``ClassicalHopfield``,
-``DenseAssociativeMemory``, ``ModernHopfield``, ``SphericalMemory``, KH section 3).
+``DenseAssociativeMemory``, ``ModernHopfield``, ``SphericalMemory``, KH section 3). Every model
+has ``save(path)``; ``assocmem.load(path)`` reads it back (``assocmem.bank``).
 """
-from ._validation import AssocmemError, CorruptBankError, DivergenceError
+from ._validation import AssocmemError, BankVersionError, CorruptBankError, DivergenceError
 from . import lagrangians
 from .lagrangians import Lagrangian
 from .models import (
@@ -16,12 +17,14 @@ from .models import (
     SphericalMemory,
 )
 from .network import Trajectory, TwoLayerNetwork
+from .bank import MemoryBank, load, open_bank
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AssocmemError",
     "CorruptBankError",
+    "BankVersionError",
     "DivergenceError",
     "lagrangians",
     "Lagrangian",
@@ -33,5 +36,8 @@ __all__ = [
     "ModernHopfield",
     "SphericalMemory",
     "RecallResult",
+    "MemoryBank",
+    "load",
+    "open_bank",
     "__version__",
 ]

@@ -14,6 +14,7 @@ import torch
 __all__ = [
     "AssocmemError",
     "CorruptBankError",
+    "BankVersionError",
     "DivergenceError",
     "check_tensor",
     "check_positive",
@@ -36,6 +37,10 @@ class DivergenceError(AssocmemError, FloatingPointError):
 
 class CorruptBankError(AssocmemError, ValueError):
     """A stored memory bank failed verification (truncated, altered, or unreadable)."""
+
+
+class BankVersionError(CorruptBankError):
+    """A stored memory bank was written by a newer bank format than this assocmem can read."""
 
 
 def describe(x) -> str:

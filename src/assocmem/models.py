@@ -174,6 +174,13 @@ class AssociativeMemory(nn.Module):
                 rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(-1).nonzero().flatten().tolist()
                 raise DivergenceError(f"recall produced non-finite values in the {what} at step {step} for batch element(s) {rows[:10]}")
 
+    def save(self, path, *, layout: str = "auto"):
+        """Write this model as a memory bank (atomic, checksummed); ``assocmem.load(path)`` reads it
+        back. Returns the :class:`~assocmem.bank.MemoryBank` (``.append(patterns)`` adds patterns)."""
+        from .bank import save
+
+        return save(self, path, layout=layout)
+
     def as_network(self, tau_f: float = 1.0, tau_h: float = 0.01) -> TwoLayerNetwork:  # pragma: no cover
         raise NotImplementedError
 

@@ -101,6 +101,13 @@ class TwoLayerNetwork(nn.Module):
             input_current = self._check_current(input_current)
         self.register_buffer("input_current", input_current)
 
+    def save(self, path, *, layout: str = "auto"):
+        """Write this network as a memory bank (atomic, checksummed); ``assocmem.load(path)`` reads
+        it back. Returns the :class:`~assocmem.bank.MemoryBank`."""
+        from .bank import save
+
+        return save(self, path, layout=layout)
+
     # -- shapes ----------------------------------------------------------------------------------
     @property
     def n_features(self) -> int:
