@@ -423,3 +423,33 @@ def test_killed_fresh_interpreter_writer_50_times(tmp_path, layout):
         return p
 
     _kill_many(tmp_path, layout, 50, spawn)
+
+
+# -- the biologically plausible models -------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["file", "dir"])
+def test_bio_models_round_trip_and_append(tmp_path, layout):
+    from assocmem.bio import DendriticEIMemory, ThresholdMemory
+
+    g = torch.Generator().manual_seed(0)
+    ext = ".safetensors" if layout == "file" else ""
+    tm = ThresholdMemory.random(60, 5, generator=g, theta=0.3, tau_v=7.0, tau_h=0.5)
+    tm.save(tmp_path / ("t" + ext))
+    tm2 = load(tmp_path / ("t" + ext))
+    assert isinstance(tm2, ThresholdMemory) and torch.equal(tm2.xi, tm.xi)
+    assert (tm2.theta, tm2.tau_v, tm2.tau_h) == (0.3, 7.0, 0.5)
+    v0 = torch.randn(3, 60, generator=g)
+    assert torch.equal(tm.recall(v0).hidden, tm2.recall(v0).hidden)
+
+    xi = torch.randint(0, 2, (30, 20), generator=g).float()
+    xi[:, 0] = 1  # every pattern has an active bit
+    for kw in ({"n": 4, "dendrites": "linear"}, {"n": 3, "q1": 2.5, "r0": 0.5}):
+        dm = DendriticEIMemory(xi[:20], **kw)
+        bank = dm.save(tmp_path / ("d" + ext))
+        bank.append(xi[20:])
+        got = load(tmp_path / ("d" + ext))
+        ref = DendriticEIMemory(xi, **kw)  # what the constructor builds from all patterns
+        assert torch.equal(got.xi, xi)
+        assert {k: v for k, v in vars(got).items() if not k.startswith("_")} == {
+            k: v for k, v in vars(ref).items() if not k.startswith("_")}
+        with pytest.raises(ValueError, match="0 and 1"):
+            bank.append(torch.full((1, 20), -1.0))

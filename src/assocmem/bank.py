@@ -323,6 +323,28 @@ def _register_builtins() -> None:
 
     register(TwoLayerNetwork, net_to, net_from)
 
+    try:  # the biologically plausible models (MODELS.md sections 5-6)
+        from .bio import DendriticEIMemory, ThresholdMemory
+    except ImportError:  # pragma: no cover - package built without assocmem.bio
+        return
+    # ThresholdMemory: xi (N_h, N_v), one row per hidden neuron; appending adds hidden neurons
+    register(
+        ThresholdMemory,
+        lambda m: ({"theta": m.theta, "tau_v": m.tau_v, "tau_h": m.tau_h}, {"xi": m.xi}),
+        lambda c, t: ThresholdMemory(t["xi"], theta=c["theta"], tau_v=c["tau_v"], tau_h=c["tau_h"]),
+    )
+    _EI = ("n", "dendrites", "r0", "r1", "theta_d", "kappa", "x_off", "x_on", "max_rate_e", "max_rate_i",
+           "tau_e", "tau_i", "tau_s")
+
+    def ei_to(m):
+        cfg = {k: getattr(m, k) for k in _EI}
+        # q1 defaults to max_rate_i / F_max of the patterns: stored as None then, so that a bank with
+        # appended patterns rebuilds exactly what the constructor gives for all of them
+        cfg["q1"] = None if m.q1 == m.max_rate_i / m.F_max else m.q1
+        return cfg, {"xi": m.xi}
+
+    register(DendriticEIMemory, ei_to, lambda c, t: DendriticEIMemory(t["xi"], **c))
+
 
 # ---------------------------------------------------------------------------------------------------
 # Reading and writing one safetensors file

@@ -285,6 +285,13 @@ class DendriticEIMemory(nn.Module):
             return DendriticRecallResult(out[0], {k: v[0] for k, v in rates.items()}, converged[0], steps, t)
         return DendriticRecallResult(out, rates, converged, steps, t)
 
+    def save(self, path, *, layout: str = "auto"):
+        """Write this model as a memory bank (atomic, checksummed; see ``assocmem.bank``);
+        ``assocmem.load(path)`` reads it back."""
+        from ..bank import save
+
+        return save(self, path, layout=layout)
+
     def extra_repr(self) -> str:
         return (f"n_features={self.n_features}, n_memories={self.n_memories}, n={self.n}, dendrites={self.dendrites!r}, "
                 f"r0={self.r0}, r1={self.r1}, theta_d={self.theta_d}")

@@ -273,6 +273,13 @@ class ThresholdMemory(nn.Module):
             self.xi.copy_(xi.detach())
         return history
 
+    def save(self, path, *, layout: str = "auto"):
+        """Write this model as a memory bank (atomic, checksummed; see ``assocmem.bank``);
+        ``assocmem.load(path)`` reads it back."""
+        from ..bank import save
+
+        return save(self, path, layout=layout)
+
     def extra_repr(self) -> str:
         return (f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, theta={self.theta}, "
                 f"tau_v={self.tau_v}, tau_h={self.tau_h}")
