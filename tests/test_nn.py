@@ -318,19 +318,37 @@ def test_pooling_padding_and_permutation_invariance():
     torch.testing.assert_close(pool(padded.transpose(0, 1), key_padding_mask=kpm)[:, 0], alone, rtol=1e-5, atol=1e-6)
 
 
-def test_fully_masked_query_is_an_error_not_nan():
-    hop = Hopfield(4)
-    x = rnd(2, 3, 4)
+def test_fully_masked_query_retrieves_zeros_not_nan():
+    """A query with nothing to attend to (e.g. a padded query under a causal mask) gets zero weights and a
+    zero retrieved pattern as in F.scaled_dot_product_attention, energy +inf, and finite gradients; the other
+    queries are unaffected. nn.MultiheadAttention returns NaN there."""
+    d = torch.float64
+    hop = Hopfield(4, num_heads=2, projections=False, dtype=d)
+    x = rnd(2, 3, 4, seed=1, dtype=d)
     kpm = torch.zeros(2, 3, dtype=torch.bool)
-    kpm[1] = True
-    with pytest.raises(ValueError, match="every stored pattern is masked"):
-        hop(x, key_padding_mask=kpm)
-    am = torch.zeros(3, 3)
-    am[2] = float("-inf")
-    with pytest.raises(ValueError, match="every stored pattern is masked"):
-        hop(x, attn_mask=am)
-    with pytest.raises(ValueError, match="every stored pattern is masked"):
-        AF.hopfield_retrieve(x, x, mask=torch.ones(3, 3, dtype=torch.bool))
+    kpm[1] = True  # batch element 1: everything is padding
+    am = torch.zeros(3, 3, dtype=d)
+    am[2] = float("-inf")  # query 2 may see nothing
+    for kw in ({"key_padding_mask": kpm}, {"attn_mask": am}, {"key_padding_mask": kpm, "attn_mask": am}):
+        xg = x.clone().requires_grad_()
+        fast = hop(xg, **kw)
+        out = hop(xg, **kw, return_weights=True, return_energy=True)
+        dead = torch.zeros(2, 3, dtype=torch.bool)
+        if "key_padding_mask" in kw:
+            dead[1] = True
+        if "attn_mask" in kw:
+            dead[:, 2] = True
+        for o in (fast, out.retrieved):
+            assert not o.isnan().any()
+            assert bool((o[dead] == 0).all())
+        torch.testing.assert_close(fast, out.retrieved)
+        assert bool((out.weights[dead] == 0).all())
+        assert bool(torch.isposinf(out.energy.transpose(1, 2)[dead]).all())
+        assert bool(torch.isfinite(out.energy.transpose(1, 2)[~dead]).all())
+        (fast.sum() + out.retrieved.sum() + out.energy[torch.isfinite(out.energy)].sum()).backward()
+        assert bool(torch.isfinite(xg.grad).all())
+    # the live queries equal a retrieval without the dead batch element
+    torch.testing.assert_close(hop(x, key_padding_mask=kpm)[0], hop(x[:1])[0])
 
 
 # 6. the two learned-pattern layers ------------------------------------------------------------------------

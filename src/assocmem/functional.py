@@ -87,18 +87,17 @@ def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor
     return mask.to(dtype)
 
 
-def _check_not_all_masked(name: str, mask: torch.Tensor | None) -> None:
-    """A query whose every stored pattern is masked has no softmax (0/0): refuse it instead of a NaN.
-    Skipped while torch.compile traces (the check needs the mask's values on the host)."""
-    if mask is None or torch.compiler.is_compiling():
-        return
-    dead = mask.all(-1) if mask.dtype == torch.bool else torch.isneginf(mask).all(-1)
-    if bool(dead.any()):
-        idx = tuple(int(i) for i in dead.nonzero()[0].tolist())
-        raise ValueError(
-            f"{name}: every stored pattern is masked for the query at index {idx} of the mask "
-            f"(mask shape {tuple(mask.shape)}); expected at least one unmasked stored pattern per query"
-        )
+# A query whose every stored pattern is masked retrieves nothing: weights 0 and retrieved pattern 0,
+# as F.scaled_dot_product_attention does (never NaN), and energy +inf (-(1/beta) log 0), with finite
+# gradients everywhere.
+_safe_softmax = getattr(torch, "_safe_softmax", None)
+
+
+def _softmax(s: torch.Tensor) -> torch.Tensor:
+    if _safe_softmax is not None:
+        return _safe_softmax(s, -1)
+    w = torch.softmax(s, dim=-1)  # pragma: no cover - torch without _safe_softmax
+    return torch.where(torch.isneginf(s).all(-1, keepdim=True), torch.zeros_like(w), w)
 
 
 def _beta_rows(beta):
@@ -115,12 +114,18 @@ def _scaled_scores(state, stored, beta, mask, ct):
     return s
 
 
-def _energy_from_scores(state, s, beta, ct):
+def _energy_from_scores(state, s, beta, ct, masked: bool):
     b = _beta_rows(beta)
     if isinstance(b, torch.Tensor):
         b = b.to(ct)
     x = state.to(ct)
-    return 0.5 * (x * x).sum(-1) - torch.logsumexp(s, dim=-1) / b
+    if masked:  # rows with nothing stored: lse = -inf, computed on zeros so that no gradient is NaN
+        dead = torch.isneginf(s).all(-1, keepdim=True)
+        lse = torch.logsumexp(s.masked_fill(dead, 0.0), dim=-1)
+        lse = lse.masked_fill(dead.squeeze(-1), float("-inf"))
+    else:
+        lse = torch.logsumexp(s, dim=-1)
+    return 0.5 * (x * x).sum(-1) - lse / b
 
 
 def hopfield_energy(state: torch.Tensor, stored: torch.Tensor, beta=1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,12 +134,12 @@ def hopfield_energy(state: torch.Tensor, stored: torch.Tensor, beta=1.0, mask: t
     Shapes: state (..., L, D), stored (..., S, D) -> (..., L). ``beta`` a number or a tensor
     broadcastable to (..., L, 1) (e.g. (H, 1, 1): one beta per head). ``mask`` boolean (True =
     ignore that stored pattern) or additive float, broadcastable to (..., L, S). For float16/bfloat16
-    inputs the energy is computed and returned in float32.
+    inputs the energy is computed and returned in float32. A state whose every stored pattern is
+    masked has energy +inf.
     """
     _check_retrieval_args(state, stored, None, beta, mask)
     ct = _compute_dtype(state.dtype)
-    _check_not_all_masked("mask", mask)
-    return _energy_from_scores(state, _scaled_scores(state, stored, beta, mask, ct), beta, ct)
+    return _energy_from_scores(state, _scaled_scores(state, stored, beta, mask, ct), beta, ct, mask is not None)
 
 
 def _check_retrieval_args(state, stored, values, beta, mask) -> None:
@@ -207,6 +212,8 @@ def hopfield_retrieve(
     with scale ``beta``. ``need_weights`` returns the read-out softmax (..., L, S), ``need_energy``
     the energy (KH eq. 13, :func:`hopfield_energy`) of the state it was read out at, (..., L).
     ``dropout_p`` drops read-out weights (pass 0 in evaluation). Differentiable throughout.
+    A query whose every stored pattern is masked retrieves zeros with zero weights (as
+    ``F.scaled_dot_product_attention``) and has energy +inf.
     """
     _check_retrieval_args(state, stored, values, beta, mask)
     if update_steps is not None and (isinstance(update_steps, bool) or not isinstance(update_steps, int) or update_steps < 1):
@@ -219,7 +226,6 @@ def hopfield_retrieve(
         raise ValueError(f"dropout_p: got {dropout_p!r}; expected a number in [0, 1)")
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(state.dtype)
-    _check_not_all_masked("mask", mask)
     return _retrieve(state, stored, values, beta, mask, update_steps, tol, max_update_steps, dropout_p, need_weights, need_energy)
 
 
@@ -245,8 +251,8 @@ def _retrieve(state, stored, values, beta, mask, update_steps, tol, max_update_s
             return Retrieval(attend(xi, values, dropout_p), None, None, steps)
         ct = _compute_dtype(xi.dtype)
         s = _scaled_scores(xi, stored, beta, mask, ct)
-        w = torch.softmax(s, dim=-1)
-        energy = _energy_from_scores(xi, s, beta, ct) if need_energy else None
+        w = _softmax(s) if mask is not None else torch.softmax(s, dim=-1)
+        energy = _energy_from_scores(xi, s, beta, ct, mask is not None) if need_energy else None
         wd = _F.dropout(w, dropout_p) if dropout_p > 0 else w
         out = torch.matmul(wd.to(values.dtype), values)
         return Retrieval(out, w.to(xi.dtype) if need_weights else None, energy, steps)

@@ -182,7 +182,8 @@ class Hopfield(nn.Module):
         self.max_update_steps = check_int("max_update_steps", max_update_steps, minimum=1)
         self.dropout = check_in_range("dropout", dropout, 0.0, 1.0, hi_open=True)
         self.batch_first = _flag("batch_first", batch_first, True)
-        head_dim = self.hidden_size // H
+        head_dim = self._head_dim = self.hidden_size // H
+        self._head_value_dim = self.head_value_total // H
         beta = 1.0 / math.sqrt(head_dim) if beta is None else float(check_positive("beta", beta))
         if _flag("learn_beta", learn_beta, False):
             self.log_beta = nn.Parameter(torch.full((H,), math.log(beta), **fk))
@@ -237,86 +238,97 @@ class Hopfield(nn.Module):
         shared by the batch, values like stored with value_size; unbatched (L, input_size) works too.
         ``key_padding_mask`` (B, S): True (or -inf) marks padding; ``attn_mask`` (L, S) or
         (B * num_heads, L, S) or (B, num_heads, L, S), bool (True = not allowed) or additive float —
-        the conventions of ``nn.MultiheadAttention``. A query with every stored pattern masked is an error.
+        the conventions of ``nn.MultiheadAttention``. A query whose every stored pattern is masked
+        retrieves zeros (as ``F.scaled_dot_product_attention``; not NaN) with energy +inf.
         Returns the retrieved patterns (like ``state``, last axis ``output_size``), or a
         :class:`HopfieldOutput` when ``return_weights`` or ``return_energy``.
         """
         if not isinstance(state, torch.Tensor):
             raise TypeError(f"state: got {describe(state)}; expected a torch.Tensor")
         nd = state.ndim
-        layout = "(B, L, size)" if self.batch_first else "(L, B, size)"
-        if nd not in (2, 3):
-            raise ValueError(f"state: got a tensor of shape {_shape(state)}; expected {layout} or unbatched (L, size)")
-        if state.shape[-1] != self.input_size:
-            raise ValueError(f"state: got a tensor of shape {_shape(state)}; expected last dimension input_size = {self.input_size}")
+        if (nd != 3 and nd != 2) or state.shape[-1] != self.input_size:
+            self._bad_state(state)
         if stored is None:
             stored = state
-            if values is None:
-                values = state
         elif not isinstance(stored, torch.Tensor):
             raise TypeError(f"stored: got {describe(stored)}; expected a torch.Tensor")
         if values is None:
             values = stored
         elif not isinstance(values, torch.Tensor):
             raise TypeError(f"values: got {describe(values)}; expected a torch.Tensor")
-        if stored.ndim not in (2, nd) or stored.shape[-1] != self.stored_size:
-            raise ValueError(
-                f"stored: got a tensor of shape {_shape(stored)} with state of shape {_shape(state)}; expected "
-                f"{layout if nd == 3 else '(S, size)'} (or (S, size) shared by the batch) with last dimension stored_size = {self.stored_size}"
-            )
-        if values.ndim != stored.ndim or values.shape[:-1] != stored.shape[:-1] or values.shape[-1] != self.value_size:
+        if (stored.ndim != nd and stored.ndim != 2) or stored.shape[-1] != self.stored_size:
+            self._bad_stored(state, stored)
+        same_values = values is stored
+        if not same_values and (values.shape[:-1] != stored.shape[:-1] or values.shape[-1] != self.value_size):
             raise ValueError(
                 f"values: got a tensor of shape {_shape(values)} with stored of shape {_shape(stored)}; expected "
                 f"shape {_shape(stored)[:-1] + (self.value_size,)} (one value of size value_size = {self.value_size} per stored pattern)"
             )
+        same_stored = stored is state
         unbatched = nd == 2
         if unbatched:
             state = state.unsqueeze(0)
         elif not self.batch_first:
             state = state.transpose(0, 1)
-        shared = stored.ndim == 2
-        same_values = values is stored
-        if not shared and not self.batch_first:
+        shared = stored.ndim == 2 and not same_stored
+        if same_stored:
+            stored = state
+        elif not shared and not self.batch_first:
             stored = stored.transpose(0, 1)
-            values = stored if same_values else values.transpose(0, 1)
+        if same_values:
+            values = stored
+        elif not shared and not unbatched and not self.batch_first:
+            values = values.transpose(0, 1)
         B, L = state.shape[0], state.shape[1]
         S = stored.shape[-2]
-        if not shared and not unbatched and stored.shape[0] != B:
+        if not shared and stored.shape[0] != B:
             raise ValueError(
                 f"stored: got batch size {stored.shape[0]} (shape {_shape(stored)}) with state batch size {B}; expected equal batch sizes"
             )
         H = self.num_heads
-        mask = self._merge_masks(key_padding_mask, attn_mask, B, L, S, unbatched, state.dtype)
+        mask = None
+        if key_padding_mask is not None or attn_mask is not None:
+            mask = self._merge_masks(key_padding_mask, attn_mask, B, L, S, unbatched, state.dtype)
 
-        q = self.state_proj(state) if self.state_proj is not None else state
-        k = self.stored_proj(stored) if self.stored_proj is not None else stored
-        v = self.value_proj(values) if self.value_proj is not None else values
-        d = self.hidden_size // H
-        dv = self.head_value_total // H
+        d, dv = self._head_dim, self._head_value_dim
+        sp, kp, vp = self.state_proj, self.stored_proj, self.value_proj
+        q = state if sp is None else sp(state)
         q = q.view(B, L, H, d).transpose(1, 2)
-        if shared:
-            k = k.view(S, H, d).transpose(0, 1).expand(B, H, S, d)
+        if same_stored and sp is None and kp is None:
+            k = q
         else:
-            k = k.view(B, S, H, d).transpose(1, 2)
-        if same_values and self.value_proj is None and self.stored_proj is None:
+            k = stored if kp is None else kp(stored)
+            k = k.view(B, S, H, d).transpose(1, 2) if not shared else k.view(S, H, d).transpose(0, 1).expand(B, H, S, d)
+        if same_values and vp is None and kp is None:
             v = k  # values are the stored patterns themselves (lets iterated retrieval skip a read-out)
-        elif shared:
-            v = v.view(S, H, dv).transpose(0, 1).expand(B, H, S, dv)
         else:
-            v = v.view(B, S, H, dv).transpose(1, 2)
-        beta = self._beta if self.log_beta is None else self.log_beta.exp().view(H, 1, 1)
-        r = AF._retrieve(
-            q, k, v, beta, mask, self.update_steps, self.tol, self.max_update_steps,
-            self.dropout if self.training else 0.0, return_weights, return_energy,
-        )
-        out = r.retrieved.transpose(1, 2).reshape(B, L, H * dv)
-        if self.out_proj is not None:
-            out = self.out_proj(out)
+            v = values if vp is None else vp(values)
+            v = v.view(B, S, H, dv).transpose(1, 2) if not shared else v.view(S, H, dv).transpose(0, 1).expand(B, H, S, dv)
+        log_beta = self.log_beta
+        beta = self._beta if log_beta is None else log_beta.exp().view(H, 1, 1)
+        need = return_weights or return_energy
+        p = self.dropout if self.training else 0.0
+        if self.update_steps == 1 and not need:  # the common case: one fused attention call
+            if log_beta is not None:
+                q, scale = q * beta.to(q.dtype), 1.0
+            else:
+                scale = beta
+            keep = None if mask is None else (~mask if mask.dtype == torch.bool else mask)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, scale=scale)
+            r = None
+        else:
+            r = AF._retrieve(q, k, v, beta, mask, self.update_steps, self.tol, self.max_update_steps, p,
+                             return_weights, return_energy)
+            o = r.retrieved
+        out = o.transpose(1, 2).reshape(B, L, H * dv)
+        op = self.out_proj
+        if op is not None:
+            out = op(out)
         if unbatched:
             out = out.squeeze(0)
         elif not self.batch_first:
             out = out.transpose(0, 1)
-        if not (return_weights or return_energy):
+        if not need:
             return out
         w, e = r.weights, r.energy
         if w is not None and average_weights:
@@ -326,48 +338,56 @@ class Hopfield(nn.Module):
             e = None if e is None else e.squeeze(0)
         return HopfieldOutput(out, w, e, r.steps)
 
+    def _bad_state(self, state):
+        layout = "(B, L, size)" if self.batch_first else "(L, B, size)"
+        if state.ndim not in (2, 3):
+            raise ValueError(f"state: got a tensor of shape {_shape(state)}; expected {layout} or unbatched (L, size)")
+        raise ValueError(f"state: got a tensor of shape {_shape(state)}; expected last dimension input_size = {self.input_size}")
+
+    def _bad_stored(self, state, stored):
+        layout = "(B, S, size)" if self.batch_first else "(S, B, size)"
+        raise ValueError(
+            f"stored: got a tensor of shape {_shape(stored)} with state of shape {_shape(state)}; expected "
+            f"{layout if state.ndim == 3 else '(S, size)'} (or (S, size) shared by the batch) with last dimension "
+            f"stored_size = {self.stored_size}"
+        )
+
     def _merge_masks(self, key_padding_mask, attn_mask, B, L, S, unbatched, dtype):
         """One mask broadcastable to (B, H, L, S): bool (True = ignore) if both are bool, else additive."""
         H = self.num_heads
-        masks = []
-        if key_padding_mask is not None:
-            kpm = key_padding_mask
+        kpm = key_padding_mask
+        if kpm is not None:
             want = (S,) if unbatched else (B, S)
-            if not isinstance(kpm, torch.Tensor) or _shape(kpm) != want or not (kpm.dtype == torch.bool or kpm.is_floating_point()):
+            if not isinstance(kpm, torch.Tensor) or kpm.shape != want or not (kpm.dtype == torch.bool or kpm.is_floating_point()):
+                what = f"({S} stored patterns)" if unbatched else f"(batch size {B}, {S} stored patterns)"
                 raise ValueError(
-                    f"key_padding_mask: got {describe(kpm)}; expected a bool or float tensor of shape {want} "
-                    f"(batch size {B}, {S} stored patterns)" if not unbatched else
-                    f"key_padding_mask: got {describe(kpm)}; expected a bool or float tensor of shape {want} ({S} stored patterns)"
+                    f"key_padding_mask: got {describe(kpm)}; expected a bool or float tensor of shape {want} {what}"
                 )
-            masks.append(kpm.view(B, 1, 1, S))
-        if attn_mask is not None:
-            am = attn_mask
+            kpm = kpm.view(B, 1, 1, S)
+        am = attn_mask
+        if am is not None:
             ok = isinstance(am, torch.Tensor) and (am.dtype == torch.bool or am.is_floating_point())
-            if ok and _shape(am) == (L, S):
+            shape = _shape(am) if ok else None
+            if shape == (L, S) or shape == (B, H, L, S):
                 pass
-            elif ok and _shape(am) == (B * H, L, S):
+            elif shape == (B * H, L, S):
                 am = am.view(B, H, L, S)
-            elif ok and _shape(am) == (B, H, L, S):
-                pass
             else:
                 raise ValueError(
                     f"attn_mask: got {describe(am)}; expected a bool or float tensor of shape ({L}, {S}), "
                     f"({B * H}, {L}, {S}) or ({B}, {H}, {L}, {S}) (L = {L} queries, S = {S} stored patterns, "
                     f"batch {B} x num_heads {H})"
                 )
-            masks.append(am)
-        if not masks:
-            return None
-        if all(m.dtype == torch.bool for m in masks):
-            mask = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+        if am is None:
+            mask = kpm
+        elif kpm is None:
+            mask = am
+        elif kpm.dtype == torch.bool and am.dtype == torch.bool:
+            return kpm | am
         else:
-            mask = AF.additive_mask(masks[0], dtype)
-            if len(masks) == 2:
-                mask = mask + AF.additive_mask(masks[1], dtype)
-        AF._check_not_all_masked("key_padding_mask/attn_mask", mask)
-        return mask
+            return AF.additive_mask(kpm, dtype) + AF.additive_mask(am, dtype)
+        return mask if mask.dtype == torch.bool else mask.to(dtype)
 
-    # -- interoperability ------------------------------------------------------------------------------
     @classmethod
     def from_multihead_attention(cls, mha: nn.MultiheadAttention, **kwargs) -> "Hopfield":
         """A Hopfield layer computing exactly what ``mha`` computes (one update step), weights copied.
