@@ -48,7 +48,7 @@ class DendriticEIMemory(nn.Module):
     With ``phi_p(u) = min(max(u, 0), max_rate_p)`` and patterns ``xi`` (K, N_f) in {0, 1}:
 
         h_mu   = sum_i xi_mu,i x_i - a_mu N_f y_ff                     (memory dendrite, a_mu = |xi_mu| / N_f)
-        F(h)   = max(h / h_ref, 0)^n                                  (supralinear dendritic nonlinearity)
+        F(h_mu) = max(h_mu / h_ref_mu, 0)^n                           (supralinear dendritic nonlinearity)
         D(m)   = max(m - theta_d, 0)  ("nonlinear")  or  m  ("linear") (feedback dendrites)
         tau_E dx_i/dt  = -x_i  + phi(b + w sum_mu xi_mu,i D(m_mu) - (w a sqrt(K)) y_fb)
         tau_E dm_mu/dt = -m_mu + phi(r0 + r1 F(h_mu) / (kappa + sum_nu q_nu / q1))
@@ -61,8 +61,9 @@ class DendriticEIMemory(nn.Module):
     feature neurons); ``shunt`` divides the memory neurons' drive. The feature bias
     ``b = x_off + a (x_on - x_off)`` and gain ``w = (x_on - x_off) / d_ref`` put a recalled
     pattern's features at about ``x_on`` (on) and ``x_off`` (off); ``d_ref = r0 + r1/(1 + kappa) -
-    theta_d`` is the recalled memory neuron's dendritic output, and ``h_ref = (x_on - x_off) N_f
-    a (1 - a)`` its drive (``a`` the mean coding level). Non-cued memory neurons fire at about ``r0``,
+    theta_d`` is the recalled memory neuron's dendritic output, and ``h_ref_mu = (x_on - x_off) N_f
+    a_mu (1 - a_mu)`` its drive (``a`` the mean coding level), so that F = 1 at recall for every
+    memory (a per-neuron dendritic gain). Non-cued memory neurons fire at about ``r0``,
     below the dendritic threshold ``theta_d``, so with nonlinear feedback dendrites they add no
     crosstalk; with ``dendrites="linear"`` their summed baseline activity is mean-subtracted only on
     average, and its fluctuation across features (``~ w r0 sqrt(K a (1-a))``) corrupts recall.
@@ -83,7 +84,7 @@ class DendriticEIMemory(nn.Module):
     """
 
     def __init__(self, patterns, n: int = 6, dendrites: str = "nonlinear", *,
-                 r0: float = 1.0, r1: float = 20.0, theta_d: float = 4.0, kappa: float = 0.05,
+                 r0: float = 1.0, r1: float = 20.0, theta_d: float = 4.0, kappa: float = 0.01,
                  x_off: float = 2.0, x_on: float = 20.0, q1: float | None = None,
                  max_rate_e: float = 50.0, max_rate_i: float = 200.0,
                  tau_e: float = 10.0, tau_i: float = 5.0, tau_s: float = 1.0, dtype: torch.dtype | None = None, device=None):
@@ -99,8 +100,9 @@ class DendriticEIMemory(nn.Module):
             p = p.to(dtype=dtype or p.dtype, device=device)
         K, N = p.shape
         a_mu = p.mean(-1)
-        if bool((a_mu == 0).any()):
-            raise ValueError(f"patterns: pattern {int((a_mu == 0).nonzero()[0])} has no active bit; expected every pattern to have at least one 1")
+        if bool(((a_mu == 0) | (a_mu == 1)).any()):
+            bad = int(((a_mu == 0) | (a_mu == 1)).nonzero()[0])
+            raise ValueError(f"patterns: pattern {bad} is all {int(a_mu[bad])}s; expected every pattern to have at least one 0 and one 1")
         self.register_buffer("xi", p.contiguous())
         self.register_buffer("a_mu", a_mu)
         self.n = check_int("n", n, minimum=1)
@@ -124,11 +126,11 @@ class DendriticEIMemory(nn.Module):
         gap = self.x_on - self.x_off
         self.b = self.x_off + self.a * gap
         self.w = gap / self.d_ref
-        self.h_ref = gap * N * self.a * (1.0 - self.a) if 0 < self.a < 1 else gap * N
+        self.register_buffer("h_ref", gap * N * a_mu * (1.0 - a_mu))
         self.sqrt_k = math.sqrt(K)
-        # largest dendritic drive any memory can get: its on-features at the E ceiling, the rest silent
-        h_max = float((self.max_rate_e * p.sum(-1) * (1.0 - a_mu)).max())
-        self.F_max = max((h_max / self.h_ref) ** self.n, 1.0)
+        # largest dendritic drive a memory can get: its on-features at the E ceiling, the rest silent,
+        # h_max_mu = max_rate_e N_f a_mu (1 - a_mu); the shunt is scaled so that it cannot saturate first
+        self.F_max = max((self.max_rate_e / gap) ** self.n, 1.0)
         if q1 is None:
             q1 = self.max_rate_i / self.F_max
         self.q1 = float(check_positive("q1", q1))
