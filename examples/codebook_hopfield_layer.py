@@ -100,31 +100,35 @@ def figure(res) -> bytes:
     import matplotlib.pyplot as plt
 
     memory, xte = res["_memory"], res["_test"]
-    fig = plt.figure(figsize=(12, 7))
+    fig = plt.figure(figsize=(12, 8), layout="constrained")
+    codes_f, comp_f, loss_f = fig.subfigures(3, 1, height_ratios=[2, 3, 2])
     codes = memory.values.detach()[:32].clamp(0, 1)
-    for j in range(32):
-        ax = fig.add_subplot(7, 16, j + 1)
+    for j, ax in enumerate(codes_f.subplots(2, 16).flatten()):
         ax.imshow(codes[j].reshape(28, 28).numpy(), cmap="gray_r")
         ax.axis("off")
-    fig.text(0.5, 0.69, "first 32 learned values of the codebook", ha="center", fontsize=9)
+    codes_f.suptitle("the first 32 learned values of the codebook", fontsize=9)
     with torch.no_grad():
         x = xte[:16]
         comp = memory(x[:, :TOP]).clamp(0, 1)
+    grid = comp_f.subplots(3, 16)
     for j in range(16):
         cue = x[j].clone()
         cue[TOP:] = 0.5
         for row, img in enumerate((cue, torch.cat([x[j, :TOP], comp[j, TOP:]]), x[j])):
-            ax = fig.add_subplot(7, 16, 16 * (3 + row) + j + 1)
-            ax.imshow(img.reshape(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)
-            ax.axis("off")
-    fig.text(0.5, 0.25, "test digits: cue (top half) / completed by the memory / truth", ha="center", fontsize=9)
-    ax = fig.add_axes([0.08, 0.04, 0.38, 0.16])
+            grid[row, j].imshow(img.reshape(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)
+            grid[row, j].set_xticks([])
+            grid[row, j].set_yticks([])
+    for row, name in enumerate(("cue", "completed", "truth")):
+        grid[row, 0].set_ylabel(name, fontsize=8)
+    comp_f.suptitle("test digits: the top half is the cue, the memory fills in the bottom half", fontsize=9)
+    ax, tx = loss_f.subplots(1, 2)
     ax.plot(res["train_loss"], lw=0.6)
     ax.set_xlabel("training step")
     ax.set_ylabel("MSE (whole digit)")
+    tx.axis("off")
     e = res["test_mse_missing_half"]
-    fig.text(0.55, 0.08, "test MSE on the missing half:\n" + "\n".join(f"  {k.replace('_', ' ')}: {v:.4f}" for k, v in e.items()),
-             fontsize=9, family="monospace")
+    tx.text(0.0, 0.5, "test MSE on the missing half:\n" + "\n".join(f"  {k.replace('_', ' ')}: {v:.4f}" for k, v in e.items()),
+            fontsize=10, family="monospace", va="center")
     fig.suptitle(f"HopfieldLayer with {res['config']['num_patterns']} learned stored patterns completes digits", fontsize=11)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

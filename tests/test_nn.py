@@ -359,6 +359,7 @@ def test_hopfield_layer_is_a_lookup_in_its_patterns():
     P = layer.patterns.detach()
     ref = torch.softmax(1.5 * x @ P.T, -1) @ P
     torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer(x[1]), ref[1], rtol=1e-5, atol=1e-6)  # unbatched (L, size)
     kv = HopfieldLayer(5, num_patterns=7, beta=1.5, separate_values=True, output_size=3)
     ref = torch.softmax(1.5 * x @ kv.patterns.detach().T, -1) @ kv.values.detach()
     torch.testing.assert_close(kv(x), ref, rtol=1e-5, atol=1e-6)
@@ -423,6 +424,14 @@ def test_torch_compile_full_graph_matches_eager():
     hop.zero_grad()
     ref.retrieved.sum().backward()
     torch.testing.assert_close(g, hop.log_beta.grad)
+    # masks need no host synchronisation, so pooling a padded batch also traces as one graph
+    pool = HopfieldPooling(8, num_heads=2)
+    kpm = torch.zeros(2, 5, dtype=torch.bool)
+    kpm[0, 3:] = True
+    cp = torch.compile(pool, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(cp(x, key_padding_mask=kpm), pool(x, key_padding_mask=kpm))
+    layer = EnergyLayer(8, 6, steps=2, dt=0.1)
+    torch.testing.assert_close(torch.compile(layer, backend="aot_eager", fullgraph=True)(x[0]), layer(x[0]))
 
 
 @pytest.mark.slow
