@@ -32,10 +32,13 @@ ALPHA_AGS = 0.138
 
 def _sizes(name: str, N, minimum: float):
     """N as a float (scalar input) or float array (array input), every entry finite and >= minimum."""
-    if isinstance(N, bool):
+    if isinstance(N, (bool, str, bytes)):
         raise TypeError(f"{name}: got {describe(N)}; expected a number or an array of numbers")
     try:
-        a = np.asarray(N.detach().cpu() if hasattr(N, "detach") else N, dtype=float)
+        a = np.asarray(N.detach().cpu() if hasattr(N, "detach") else N)
+        if a.dtype.kind not in "iuf":
+            raise TypeError
+        a = a.astype(float)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: got {describe(N)}; expected a number or an array of numbers") from None
     if a.size == 0:
