@@ -98,22 +98,27 @@ def random_patterns(K: int, N: int, kind: str = "pm1", coding_level: float = 0.5
     return x.to(dtype=dtype, device=device)
 
 
-def _blank_value(kind: str, binary_state: bool) -> float:
-    # occluded entries: -1 for models whose state must stay +-1, 0 otherwise (unknown / silent)
-    return -1.0 if (binary_state and kind == "pm1") else 0.0
+def _blank_value(model: str, kind: str) -> float:
+    """What an occluded entry is set to: -1 for the +-1 binary-state models (they cannot hold 0), 0.5
+    ("unknown") for the E/I model's {0,1} cues, 0 (silent / unknown) otherwise."""
+    if model in ("classical", "dense"):
+        return -1.0
+    if model == "dendritic-ei":
+        return 0.5
+    return 0.0
 
 
 def corrupt(patterns, flip: float = 0.0, occlude: float = 0.0, noise: float = 0.0, kind: str = "pm1",
-            binary_state: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+            blank: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Cues from ``patterns`` (B, N): exactly ``round(flip N)`` randomly chosen entries flipped per row
-    (+-1 and Gaussian: sign change; {0,1}: 0 <-> 1), then the last ``round(occlude N)`` entries blanked
-    (0; -1 for +-1 patterns of a binary-state model, which cannot hold 0), then i.i.d. Gaussian noise of
-    standard deviation ``noise`` added (continuous models only)."""
+    (``kind`` "pm1" and "gaussian": sign change; "binary": 0 <-> 1), then the last ``round(occlude N)``
+    entries set to ``blank``, then i.i.d. Gaussian noise of standard deviation ``noise`` added."""
     p = check_tensor("patterns", patterns, ndim=2)
     flip = check_in_range("flip", flip, 0.0, 1.0)
     occlude = check_in_range("occlude", occlude, 0.0, 1.0)
     noise = float(check_positive("noise", noise, allow_zero=True))
     kind = check_choice("kind", kind, PATTERN_KINDS)
+    blank = float(check_in_range("blank", blank, -1e30, 1e30))
     B, N = p.shape
     m = int(round(flip * N))
     fl = torch.zeros(B, N, dtype=torch.bool)
@@ -121,17 +126,17 @@ def corrupt(patterns, flip: float = 0.0, occlude: float = 0.0, noise: float = 0.
         order = torch.rand(B, N, generator=generator).argsort(-1)
         fl.scatter_(1, order[:, :m], True)
     noise_t = torch.randn(B, N, generator=generator) if noise > 0 else None
-    return _apply_corruption(p, fl.to(p.device), int(round(occlude * N)), noise, None if noise_t is None else noise_t.to(p.device),
-                             kind, binary_state)
+    return _apply_corruption(p, fl.to(p.device), int(round(occlude * N)), noise,
+                             None if noise_t is None else noise_t.to(p.device), kind, blank)
 
 
-def _apply_corruption(p, flip_mask, n_occ, noise, noise_t, kind, binary_state):
+def _apply_corruption(p, flip_mask, n_occ, noise, noise_t, kind, blank):
     if flip_mask is not None and bool(flip_mask.any()):
         flipped = 1.0 - p if kind == "binary" else -p
         p = torch.where(flip_mask, flipped, p)
     if n_occ:
         p = p.clone()
-        p[..., p.shape[-1] - n_occ:] = _blank_value(kind, binary_state)
+        p[..., p.shape[-1] - n_occ:] = blank
     if noise and noise_t is not None:
         p = p + noise * noise_t.to(p.dtype)
     return p
@@ -299,7 +304,7 @@ def _theory_fn(spec: _Spec) -> tuple[str, Callable] | None:
             return f"Demircigil exp({_th.demircigil_exponent(rho):.3f} N)", lambda N: _th.demircigil(N, rho)
         return None
     if m == "threshold":
-        p = spec.threshold if c == "stability" else 0.99
+        p = spec.threshold  # the stability bound at the criterion's threshold
         return (f"2^N_h, bound >= {p:g}",
                 lambda N: np.power(2.0, np.vectorize(lambda v: _th.threshold_capacity_bits(v, p))(np.asarray(N, float))))
     return None
@@ -345,7 +350,8 @@ class CapacityEstimate:
     their standard deviation (0 with one trial), ``censored`` per trial (the criterion still passed at
     ``k_max``: the estimate is a lower bound), ``theory`` the matching formula (None if there is none),
     ``evaluations`` every (trial, K, criterion value) computed, ``seconds`` wall time. For the threshold
-    model ``K = 2^N_h`` counts stable binary hidden states and ``extra`` holds the hidden bits N_h."""
+    model the load is the number of hidden bits N_h, ``K = 2^(mean N_h)`` counts stable binary hidden
+    states (geometric mean over trials, spread ``K ln 2 std(N_h)``) and ``extra`` holds N_h."""
 
     N: int
     K: float
@@ -778,11 +784,12 @@ class _Experiment:
                 ok[j] = True
         return idx, ok
 
-    def _cues(self, trials, targets, binary_state: bool):
+    def _cues(self, trials, targets):
         S_, P_, N = targets.shape
         fl = self.flip[trials, :P_] if self.spec.flip else None
         nz = self.noise[trials, :P_] if self.noise is not None else None
-        return _apply_corruption(targets, fl, self.n_occ, self.spec.noise, nz, self.value_kind, binary_state)
+        return _apply_corruption(targets, fl, self.n_occ, self.spec.noise, nz, self.value_kind,
+                                 _blank_value(self.spec.model, self.value_kind))
 
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self, trials: list[int], K: list[int]) -> torch.Tensor:
@@ -849,7 +856,7 @@ class _Experiment:
             return (st & ok).sum(-1).double() / ok.sum(-1).double()
         idx, ok = self._probe_index(trials, K)
         targets = torch.gather(pats, 1, idx.unsqueeze(-1).expand(-1, -1, self.N))
-        cues = self._cues(trials, targets, True)
+        cues = self._cues(trials, targets)
         work = _hebbian_work_dtype(self.N, max(H))
         st = stored.to(dev, work)
         T = torch.bmm(st.transpose(1, 2), st)
@@ -864,7 +871,7 @@ class _Experiment:
         H = self._stored_counts(K)
         pats, targets, ok = self._targets(trials, K)
         stored = pats[:, : max(H)]
-        cues = targets if sp.criterion == "stability" else self._cues(trials, targets, True)
+        cues = targets if sp.criterion == "stability" else self._cues(trials, targets)
         S_, P_, N = cues.shape
         row_trial = torch.arange(S_).repeat_interleave(P_)
         steps = 1 if sp.criterion == "stability" else sp.max_steps
@@ -880,7 +887,7 @@ class _Experiment:
         pats, targets, ok = self._targets(trials, K)
         dev, dt = self.device, sp.dtype
         stored = pats[:, : max(H)].to(dev, dt)
-        cues = targets if sp.criterion == "stability" else self._cues(trials, targets, False)
+        cues = targets if sp.criterion == "stability" else self._cues(trials, targets)
         steps = 1 if sp.criterion == "stability" else sp.max_steps
         final = modern_recall(stored, torch.tensor(H), cues.to(dev, dt), sp.beta, steps)
         return self._score(final.cpu().float(), targets, ok, False)
@@ -891,7 +898,7 @@ class _Experiment:
         sp = self.spec
         H = self._stored_counts(K)
         pats, targets, ok = self._targets(trials, K)
-        cues = targets if sp.criterion == "stability" else self._cues(trials, targets, False)
+        cues = targets if sp.criterion == "stability" else self._cues(trials, targets)
         steps = 1 if sp.criterion == "stability" else sp.max_steps
         out = []
         for j in range(len(trials)):  # one model per trial; every cue of the trial in one batch
@@ -906,7 +913,7 @@ class _Experiment:
         bio = _bio()
         sp = self.spec
         pats, targets, ok = self._targets(trials, K)
-        cues = targets if sp.criterion == "stability" else self._cues(trials, targets, True)
+        cues = targets if sp.criterion == "stability" else self._cues(trials, targets)
         out = []
         for j in range(len(trials)):  # one network per trial; every cue of the trial in one batch
             m = bio.DendriticEIMemory(pats[j, : K[j]].to(self.device), n=sp.n, dendrites=sp.dendrites)
@@ -961,7 +968,7 @@ class _Experiment:
             cue = v
             if sp.occlude or sp.noise:
                 nz = None if self.noise is None else self.noise[t, : v.shape[0]].to(dev, dt)
-                cue = _apply_corruption(v, None, self.n_occ, sp.noise, nz, "gaussian", False)
+                cue = _apply_corruption(v, None, self.n_occ, sp.noise, nz, "gaussian", 0.0)
             r = tm.recall(cue)
             hid = torch.as_tensor(r.hidden).detach().to(dev, dt)
             if sp.criterion == "recall":
@@ -1059,14 +1066,17 @@ def measure_capacity(model: str = "classical", N: int = 100, criterion: str = "s
     sec = time.perf_counter() - t0
     extra = {}
     if spec.model == "threshold":
+        # the load is N_h: K = 2^(mean N_h) (geometric mean over trials), spread K ln 2 std(N_h)
         bits = np.asarray(Kt, float)
-        extra = {"N_h": float(bits.mean()), "N_h_std": float(bits.std(ddof=1)) if len(bits) > 1 else 0.0,
-                 "N_h_trials": [int(b) for b in Kt]}
+        b_std = float(bits.std(ddof=1)) if len(bits) > 1 else 0.0
+        extra = {"N_h": float(bits.mean()), "N_h_std": b_std, "N_h_trials": [int(b) for b in Kt]}
         Kv = np.power(2.0, bits)
+        K_mean, K_std = float(2.0 ** bits.mean()), float(2.0 ** bits.mean() * math.log(2) * b_std)
     else:
         Kv = np.asarray(Kt, float)
+        K_mean, K_std = float(Kv.mean()), float(Kv.std(ddof=1)) if len(Kv) > 1 else 0.0
     th = theory_capacity(spec.model, N, spec.criterion, _spec=spec)
-    return CapacityEstimate(N=N, K=float(Kv.mean()), K_std=float(Kv.std(ddof=1)) if len(Kv) > 1 else 0.0,
+    return CapacityEstimate(N=N, K=K_mean, K_std=K_std,
                             K_trials=[float(k) if spec.model == "threshold" else int(k) for k in Kv],
                             censored=cens, theory=th, threshold=spec.threshold, criterion=spec.criterion,
                             evaluations=evals, seconds=sec, extra=extra)
