@@ -21,7 +21,9 @@ demo: $(STAMP)
 	$(VENV)/bin/assocmem demo
 
 # pytest exits 5 when a marker deselected every test: not a failure
+# headless Chromium for the report's browser test (Debian packages; skipped quietly without apt or root)
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || true
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests selected"; exit 0; fi; exit $$rc
 
 bench: $(STAMP)
