@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ._validation import check_choice, check_in_range, check_int, check_positive, describe
+from .models import ModernHopfield
 
 __all__ = [
     "cache_dir",
@@ -37,6 +38,12 @@ __all__ = [
     "colors_to_rgb",
     "rgb_to_colors",
     "nearest_color_name",
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "image_to_pattern",
+    "pattern_to_image",
+    "write_png",
+    "ImageMemory",
 ]
 
 _SPLITS = ("train", "valid", "test")
@@ -421,3 +428,121 @@ def nearest_color_name(rgb) -> str:
     table = np.array([mcolors.to_rgb(mcolors.XKCD_COLORS[k]) for k in names])
     i = int(np.argmin(((table - np.asarray(rgb, dtype=float)[None]) ** 2).sum(1)))
     return names[i].replace("xkcd:", "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The user's own images: files <-> patterns, and a memory bank of images (assocmem store / recall)
+# ---------------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+def read_image(path, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Read an image file as grey levels in [0, 1] (H, W) (transparent parts composited on white)
+    and a bool mask (H, W) of its known pixels (alpha >= 0.5; all True without an alpha channel).
+    Missing files raise FileNotFoundError; anything that is not a readable image raises ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: got {describe(path)}; expected an image file path")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{name}: no such file {str(p)!r}")
+    if p.is_dir():
+        raise ValueError(f"{name}: {str(p)!r} is a folder; expected an image file such as a PNG")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float64) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = "not an image format that Pillow reads" if isinstance(e, UnidentifiedImageError) else str(e).splitlines()[0]
+        raise ValueError(f"{name}: could not read {str(p)!r} as an image ({reason}); expected a PNG, JPEG, BMP, GIF or TIFF file") from None
+    if rgba.ndim != 3 or rgba.shape[0] == 0 or rgba.shape[1] == 0:
+        raise ValueError(f"{name}: {str(p)!r} has no pixels")
+    alpha = rgba[..., 3]
+    grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])
+    grey = grey * alpha + (1.0 - alpha)  # composite on white
+    return np.clip(grey, 0.0, 1.0), alpha >= 0.5
+
+
+def image_to_pattern(grey: np.ndarray, binary: bool = True, threshold: float = 0.5) -> torch.Tensor:
+    """Grey levels (H, W) in [0, 1] -> a pattern (H*W,): +-1 (+1 where brighter than ``threshold``)
+    when ``binary``, else ``2 grey - 1`` in [-1, 1]."""
+    g = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32)).reshape(-1)
+    return _to_pm1(g, threshold) if binary else g * 2.0 - 1.0
+
+
+def pattern_to_image(pattern, height: int, width: int) -> np.ndarray:
+    """A pattern (H*W,) with values in [-1, 1] -> 8-bit grey levels (H, W) (values outside are clipped)."""
+    t = pattern.detach().cpu().numpy() if isinstance(pattern, torch.Tensor) else np.asarray(pattern)
+    return np.round(np.clip((t.reshape(height, width) + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_png(path, grey8: np.ndarray) -> None:
+    """Write an 8-bit grey image (H, W) as a PNG, atomically (temporary file, fsync, rename)."""
+    from PIL import Image
+
+    from .bank import atomic_replace
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(grey8, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    data = buf.getvalue()
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_replace(Path(path), write)
+
+
+class ImageMemory(ModernHopfield):
+    """A modern Hopfield memory (KH eq. 13-16) of images of one size: patterns ``xi`` (K, H*W) with
+    the image ``height`` and ``width``, the file ``names`` and whether the pixels are +-1
+    (``binary_pixels``) or grey levels in [-1, 1]. ``save(path)`` / ``assocmem.load(path)`` keep all
+    of it; ``assocmem store`` writes one and ``assocmem recall`` reads it.
+
+    >>> import torch
+    >>> m = ImageMemory(torch.tensor([[1., -1., -1., 1.], [-1., 1., 1., -1.]]), height=2, width=2, names=["a", "b"])
+    >>> m.image_shape, m.names, bool(torch.equal(m.recall(torch.tensor([1., -1., 0., 0.])).state.sign(), m.xi[0]))
+    ((2, 2), ['a', 'b'], True)
+    """
+
+    def __init__(self, patterns, height: int, width: int, names=None, binary_pixels: bool = True, beta: float = 0.8,
+                 dtype=None, device=None):
+        super().__init__(patterns, beta=beta, dtype=dtype, device=device)
+        self.height = check_int("height", height, minimum=1)
+        self.width = check_int("width", width, minimum=1)
+        if self.height * self.width != self.n_features:
+            raise ValueError(
+                f"height, width: got {self.height} x {self.width} = {self.height * self.width} pixels; "
+                f"expected {self.n_features}, the length of each pattern"
+            )
+        names = [f"image {i}" for i in range(self.n_memories)] if names is None else [str(s) for s in names]
+        if len(names) != self.n_memories:
+            raise ValueError(f"names: got {len(names)} names; expected one per pattern ({self.n_memories})")
+        self.names = names
+        self.binary_pixels = bool(binary_pixels)
+        if self.binary_pixels and not bool(((self.xi == 1) | (self.xi == -1)).all()):
+            raise ValueError("patterns: binary_pixels=True but the patterns hold values other than -1 and +1")
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def _bank_config(self):
+        return ({"beta": self.beta, "height": self.height, "width": self.width, "names": list(self.names),
+                 "binary_pixels": self.binary_pixels}, {"xi": self.xi})
+
+    @classmethod
+    def _from_bank(cls, config, tensors):
+        return cls(tensors["xi"], height=config["height"], width=config["width"], names=config["names"],
+                   binary_pixels=config["binary_pixels"], beta=config["beta"])
+
+
+def _register_image_memory() -> None:
+    """Register ImageMemory with the bank codecs when this module is imported, so that ``save`` and
+    ``assocmem.load`` find it by name."""
+    from .bank import register
+
+    register(ImageMemory)
+
+
+_register_image_memory()
