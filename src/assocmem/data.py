@@ -4,6 +4,7 @@ colour sphere. Images become +-1 patterns xi for the binary models of KH eq. 8 a
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 _SPLITS = ("train", "valid", "test")
+_SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -110,6 +112,8 @@ def load_mnist(split: str = "train", n: int | None = None, binarize: bool = Fals
     split = check_choice("split", split, _SPLITS)
     if n is not None:
         n = check_int("n", n, minimum=1)
+        if n > _SPLIT_SIZES[split]:
+            raise ValueError(f"n: got {n}; expected at most {_SPLIT_SIZES[split]} digits in the {split} split")
     threshold = check_in_range("threshold", threshold, 0.0, 1.0)
     path = mnist_file()
     try:
@@ -163,9 +167,14 @@ def kanji_dir() -> Path:
     return d
 
 
+@functools.lru_cache(maxsize=4)
+def _kanji_listing(directory: str) -> tuple[Path, ...]:
+    return tuple(sorted(Path(directory).glob("*.svg")))
+
+
 def kanji_files(variants: bool = False) -> list[Path]:
     """The KanjiVG SVG files, sorted by code point; only base characters unless ``variants``."""
-    files = sorted(kanji_dir().glob("*.svg"))
+    files = list(_kanji_listing(str(kanji_dir())))
     if not variants:
         files = [f for f in files if _BASE_NAME.match(f.name)]
     return files
