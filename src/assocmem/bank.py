@@ -449,6 +449,10 @@ def _header_for(obj, codec: _Codec, config: dict, tensors: dict[str, torch.Tenso
 def _model_tensors(obj) -> tuple[_Codec, dict, dict[str, torch.Tensor]]:
     codec = _codec_for_object(obj)
     config, tensors = codec.to_bank(obj)
+    storage = getattr(obj, "storage_dtype", None)  # half patterns computed in float32 are saved as half
+    if (storage in (torch.float16, torch.bfloat16) and codec.patterns_key in tensors
+            and tensors[codec.patterns_key].dtype == torch.float32):
+        tensors = {**tensors, codec.patterns_key: tensors[codec.patterns_key].to(storage)}
     tensors = _prepare_tensors(tensors)
     xi = tensors.get(codec.patterns_key)
     if xi is None or xi.ndim != 2:

@@ -72,6 +72,11 @@ class AssociativeMemory(nn.Module):
         p = _check_patterns(patterns, self.binary)
         if dtype is not None or device is not None:
             p = p.to(dtype=dtype or p.dtype, device=device)
+        #: dtype the patterns came in; float16/bfloat16 patterns are held and computed in float32
+        #: (so that every product and sum accumulates in float32) and saved back in this dtype
+        self.storage_dtype = p.dtype
+        if p.dtype in (torch.float16, torch.bfloat16):
+            p = p.float()
         self.register_buffer("xi", p.contiguous())
 
     # -- shapes and input checks --------------------------------------------------------------------
@@ -493,7 +498,7 @@ class SphericalMemory(AssociativeMemory):
         return Spherical().activation(x)
 
     def _energy(self, x):
-        return -self._lh.value(self._normalise(x) @ self.xi.T)
+        return -self._lh.value((self._normalise(x) @ self.xi.T).to(torch.float64))  # x^n: no float32 overflow
 
     def _project(self, u, clamp, cue_dir):
         """Unit vector with the clamped coordinates of ``cue_dir`` and the free part along ``u``."""
