@@ -24,7 +24,14 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
     """One Model B update (KH eq. 16): ``softmax(beta q k^T) v``, with ``values = keys`` by default.
 
     Shapes: query (..., B, N), keys (..., K, N), values (..., K, M) -> (..., B, M).
+    2-D float CPU problems that need no gradient run on the calibrated chunked kernel of
+    ``assocmem._kernels`` (same result to float rounding); everything else on plain torch below.
     """
+    from ._kernels import try_retrieve
+
+    fast = try_retrieve(query, keys, values, beta, mask)
+    if fast is not None:
+        return fast
     values = keys if values is None else values
     return torch.matmul(attention_weights(query, keys, beta, mask), values)
 
