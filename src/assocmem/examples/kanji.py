@@ -145,6 +145,7 @@ def run(out="assocmem-report-kanji", quick: bool = False, seed: int = 0, n_memor
                 rec = res["state"][i].numpy()
                 row += [(res["cue"][i].numpy(), ~res["known"][i].numpy(), None), (rec, None, rec != t), (t, None, None)]
             rows.append(row)
+        rep.subheading(m)
         rep.figure(f"recall_{m}.png", mosaic_png(mosaic(rows, (SIZE, SIZE)), scale=2),
                    f"{m}: rows {', '.join(CORRUPTIONS)}; wrong pixels red (ink) or pink (background)")
     curves = {m: {c: (np.arange(results[(m, c)]["energy"].shape[0]), results[(m, c)]["energy"].double().mean(1).numpy())

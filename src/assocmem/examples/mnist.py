@@ -257,6 +257,7 @@ def _write(out, records, results, cfg, cues, target, xi, labels, order, total, q
                 rec = res["state"][i].numpy()
                 row += [(cue, unknown, None), (rec, None, rec != t), (t, None, None)]
             rows.append(row)
+        rep.subheading(m)
         rep.figure(f"recall_{m}.png", mosaic_png(mosaic(rows, SHAPE), scale=3), f"{m}: {_DESCRIPTION[m]}")
     rep.heading("Energy during recall")
     curves, xlabels = {}, {}
