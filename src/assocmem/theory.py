@@ -90,7 +90,11 @@ def krotov_hopfield_2016(N, n: int):
     """``N^(n-1) / (2 (2n-3)!! ln N)``: Dense Associative Memory with F(x) = x^n stores this many random
     +-1 patterns with no errors in one-step recall from the pattern (Krotov & Hopfield, NeurIPS 2016,
     "Dense associative memory for pattern recognition", section 2). MODELS.md section 4, fourth row.
-    At n = 2 it equals :func:`most_fixed_points`. Needs N >= 2 and integer n >= 2."""
+    At n = 2 it equals :func:`most_fixed_points`. Needs N >= 2 and integer n >= 2.
+
+    >>> round(krotov_hopfield_2016(100, 3), 1), round(krotov_hopfield_2016(100, 2), 2)
+    (361.9, 10.86)
+    """
     n = check_int("n", n, minimum=2)
     a = _sizes("N", N, 2.0)
     return _out(a ** (n - 1) / (2.0 * double_factorial(2 * n - 3) * np.log(a)))

@@ -43,6 +43,8 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", help="float32 | float64 (continuous models)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on an oversubscribed machine)")
     p.add_argument("--out", default="assocmem-capacity", metavar="DIR", help="output folder (default ./assocmem-capacity)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout instead of the table")
     p.set_defaults(func=run)
@@ -111,12 +113,13 @@ def _table(report) -> str:
 
 def run(args) -> int:
     from .. import capacity as cap
-    from .._validation import check_choice
+    from .._validation import check_choice, check_int
 
     model = check_choice("--model", args.model, cap.MODELS)
     criterion = check_choice("--criterion", args.criterion, cap.CRITERIA)
     Ns = _parse_sizes(args.N)
     settings = _settings(args)
+    threads = None if args.threads is None else check_int("--threads", args.threads, minimum=1)
     spec = cap.capacity_settings(model, criterion, **settings)
     if cap.needs_bio(model, criterion):
         try:
@@ -127,6 +130,10 @@ def run(args) -> int:
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out: got {args.out!r}, which exists and is not a folder; expected a folder to write into")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     report = cap.capacity_scan(model, Ns, criterion, progress=True, _spec=spec)
     paths = cap.write_report(report, args.out)
     if args.json:
