@@ -15,8 +15,9 @@ def register(sub):
         "recall",
         help="complete a damaged image from a memory bank (PNG in, PNG out)",
         description="Recall the stored image nearest to a damaged cue. Transparent pixels of the cue (alpha < 0.5) "
-        "count as unknown: 0 for the continuous models; random and free, with the known pixels clamped, for the "
-        "binary ones. The cue must have the bank's image size.",
+        "count as unknown: they start at 0 in the continuous models and at random +-1 values in the binary ones. "
+        "The opaque pixels may be noisy and are updated too, unless --clamp holds them fixed. The cue must have the "
+        "bank's image size.",
     )
     p.add_argument("--memory", required=True, metavar="FILE", help="memory bank written by `assocmem store`")
     p.add_argument("--cue", required=True, metavar="IMAGE", help="the damaged image (PNG, JPEG, ...)")
@@ -26,6 +27,9 @@ def register(sub):
                    help="inverse temperature for modern, dense-exp, spherical (default: the bank's, 0.8 unless set at store)")
     p.add_argument("--n", type=int, default=30, help="power n of dense-power (default 30)")
     p.add_argument("--max-steps", type=int, default=50, help="most updates (sweeps for binary models), default 50")
+    p.add_argument("--clamp", action="store_true",
+                   help="hold the opaque pixels of the cue fixed (when they are known to be right); with spherical "
+                        "the unknown pixels then start at random +-1 values")
     p.add_argument("--seed", type=int, default=0, help="seed of the sweep order and of random unknown pixels")
     p.set_defaults(func=run)
     return p
@@ -87,15 +91,16 @@ def run(args) -> int:
     cue = image_to_pattern(grey, binary=bank.binary_pixels or model.binary).to(bank.xi.dtype)
     known_t = torch.from_numpy(known.reshape(-1))
     g = torch.Generator().manual_seed(seed)
-    clamp = None
     if model.binary:
         cue = torch.where(cue > 0, 1.0, -1.0).to(bank.xi.dtype)
-        if not bool(known_t.all()):
-            fill = torch.where(torch.rand(cue.shape, generator=g) < 0.5, 1.0, -1.0).to(cue.dtype)
-            cue = torch.where(known_t, cue, fill)
-            clamp = known_t
-    else:
+    partial = not bool(known_t.all())
+    if partial and (model.binary or (args.clamp and model_name == "spherical")):
+        # binary neurons have no "unknown" value; the spherical clamp needs room for the free pixels
+        fill = torch.where(torch.rand(cue.shape, generator=g) < 0.5, 1.0, -1.0).to(cue.dtype)
+        cue = torch.where(known_t, cue, fill)
+    elif partial:
         cue = torch.where(known_t, cue, torch.zeros_like(cue))
+    clamp = known_t if (args.clamp and partial) else None
     r = model.recall(cue, max_steps=max_steps, clamp=clamp, generator=g)
     state = r.state
     if bank.binary_pixels:
