@@ -45,7 +45,7 @@ def run_np(q, k, v, beta, chunk, threads, bf16=False):
     return torch.from_numpy(K.retrieve_numpy(qs, kn, vn, chunk, threads, is_bf16))
 
 
-@settings(max_examples=40)
+@settings(max_examples=20)
 @given(B=st.integers(1, 9), N=st.integers(1, 20), Kk=st.integers(1, 300), chunk=st.integers(1, 64),
        threads=st.sampled_from([1, 2, 3]), beta=st.floats(0.01, 30.0), seed=st.integers(0, 99),
        separate_values=st.booleans())
@@ -88,7 +88,7 @@ def test_deterministic_across_calls():
     assert torch.equal(a, b)
 
 
-@settings(max_examples=30)
+@settings(max_examples=15)
 @given(Kk=st.integers(2, 200), cut=st.integers(1, 199), seed=st.integers(0, 50), beta=st.floats(0.1, 50.0))
 def test_lse_merge_of_two_halves_is_the_whole(Kk, cut, seed, beta):
     cut = min(cut, Kk - 1)

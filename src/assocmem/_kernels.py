@@ -30,6 +30,7 @@ __all__ = [
     "merge_partials",
     "finish",
     "decide",
+    "best_chunk",
     "calibrate",
     "cache_path",
     "clear_cache",
@@ -417,14 +418,26 @@ def clear_cache(disk: bool = False) -> None:
 def _chunk_candidates(B: int, N: int, M: int, K: int) -> list[int]:
     """Chunk sizes around the one whose score block (B x chunk) fills about half an L2 cache."""
     c = 1 << max(8, min(13, (131072 // max(B, 1)).bit_length() - 1))
-    cands = [x for x in (c // 2, c, 2 * c) if 128 <= x]
+    cands = [x for x in (c // 2, c, 2 * c, 4 * c) if 128 <= x]
     small = [x for x in cands if x < K]
     return small or [min(cands)]
 
 
 def _default_chunk(B: int, N: int, M: int, K: int) -> int:
     c = _chunk_candidates(B, N, M, K)
-    return c[len(c) // 2]
+    return c[min(1, len(c) - 1)]
+
+
+def best_chunk(B: int, N: int, M: int, K: int, dt: torch.dtype = torch.float32,
+               kdt: torch.dtype | None = None) -> int:
+    """Chunk size for the numpy kernel on this problem: the calibrated one when calibration chose
+    the kernel for this shape class (mode ``"auto"``), else the default for the shape."""
+    kdt = dt if kdt is None else kdt
+    if _mode == "auto" and B * K * (N + M) >= 2 * SMALL_WORK:
+        path, chunk = decide(B, N, K, M, dt, kdt)
+        if path == "numpy":
+            return chunk
+    return _default_chunk(B, N, M, K)
 
 
 def _time_min(fn, rounds: int) -> float:

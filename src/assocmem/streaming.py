@@ -293,7 +293,7 @@ def streaming_retrieve(query, bank, beta=1.0, chunk_size: int | None = None, *, 
     cdt = torch.float64 if (q.dtype == torch.float64 and kdt == torch.float64) else torch.float32
     B = q.shape[0]
     if chunk is None:
-        chunk = _kernels._default_chunk(B, N, N, K)
+        chunk = _kernels.best_chunk(B, N, N, K, cdt, kdt)
     if q.device.type == "cpu" and not (isinstance(src, torch.Tensor) and src.device.type != "cpu"):
         arr = src
         if isinstance(src, torch.Tensor):
