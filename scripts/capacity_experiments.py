@@ -96,7 +96,7 @@ def dense_power(args):
     import matplotlib.pyplot as plt
 
     reps = [_scan("dense", [25, 50, 100, 200], "recall", n=3, flip=0.1, trials=args.trials),
-            _scan("dense", [20, 30, 50, 80], "recall", n=4, flip=0.1, trials=args.trials)]
+            _scan("dense", [30, 50, 80, 120], "recall", n=4, flip=0.1, trials=args.trials)]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     cap.plot_capacity(reps, None, ax=ax, labels=["Dense AM n = 3", "Dense AM n = 4"],
                       title="Dense AM, F = x^n: recall from 10 % flipped bits (90 % exact)")
@@ -182,13 +182,31 @@ def hidden_bound(args):
 
 
 def threshold(args):
+    import matplotlib.pyplot as plt
+
     Ns = [50, 100, 200, 400, 800]
     rep = _scan("threshold", Ns, "stability", trials=args.trials)
-    for r in rep.results:
-        print(f"  N_v={r.N}: measured N_h = {r.extra['N_h']:.1f} +- {r.extra['N_h_std']:.1f}; "
-              f"bound guarantees {th.threshold_capacity_bits(r.N, 0.99)} bits")
-    fig = cap.plot_capacity([rep], None, title="Threshold model: 2^N_h stable hidden states (99 % stable)")
-    _save(fig, "threshold", rep.to_dict())
+    bound_bits = [th.threshold_capacity_bits(n, 0.99) for n in Ns]
+    for r, b in zip(rep.results, bound_bits):
+        print(f"  N_v={r.N}: measured N_h = {r.extra['N_h']:.1f} +- {r.extra['N_h_std']:.1f} (trials {r.extra['N_h_trials']}); "
+              f"bound guarantees {b} bits; N_v/N_h = {r.N / r.extra['N_h']:.1f}")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    nv = np.array(Ns, float)
+    ax1.errorbar(nv, [r.extra["N_h"] for r in rep.results], yerr=[r.extra["N_h_std"] for r in rep.results], fmt="o-",
+                 capsize=3, label="measured: largest N_h with >= 99 % of states stable")
+    grid = np.arange(20, 900, 10)
+    ax1.plot(grid, [th.threshold_capacity_bits(v, 0.99) for v in grid], "k--", label="the bound guarantees >= 99 %")
+    ax1.plot(grid, grid / 100, ":", color="gray", label="N_v = 100 N_h (the paper's Fig. 1)")
+    ax1.set_xlabel("N_v (visible neurons)")
+    ax1.set_ylabel("hidden bits N_h")
+    ax1.set_title("threshold model: hidden bits with stable states")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    cap.plot_capacity([rep], None, ax=ax2, labels=["2^N_h stable states"], title="the same as a capacity K = 2^N_h")
+    fig.tight_layout()
+    out = rep.to_dict()
+    out["bound_bits"] = bound_bits
+    _save(fig, "threshold", out)
 
 
 EXPERIMENTS = {

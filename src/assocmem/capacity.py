@@ -593,27 +593,82 @@ def dense_async_recall(xi: torch.Tensor, n_stored: torch.Tensor, s0: torch.Tenso
     s0 (R, N) +-1 start states, row_trial (R,) the trial of each row. Every sweep visits all neurons in
     one shared ``randperm`` order; neuron i takes the sign with the larger sum_mu F(xi_mu . s) (a tie
     keeps it); rows stop after a sweep without a flip or after ``max_steps`` sweeps. Returns (final
-    states, converged)."""
+    states, converged).
+
+    With a = s_i xi_mu,i, flipping neuron i moves every overlap h_mu to h_mu - 2 a. For F = x^n the
+    gain sum_mu [(h_mu - 2a)^n - h_mu^n] = sum_k C(n,k) (-2)^k [k odd: s_i sum_mu h_mu^(n-k) xi_mu,i;
+    k even: sum_mu h_mu^(n-k)] needs ceil(n/2) dot products per neuron, in exact integer arithmetic
+    (float32 or float64 as the values need), so every decision is the model's. For F = exp, the
+    neuron flips iff B e^(2 beta) > A with A, B the sums of e^(beta h_mu) over a = +1 and a = -1 (one
+    dot product). Other F (rectified power, or powers too large for exact float64) use the model's
+    own comparison of sum F at both signs."""
     S, H, N = xi.shape
     R = s0.shape[0]
     device = s0.device
     mode, work = _dense_work(N, H, n, F, dtype)
-    valid = torch.arange(H, device=device).unsqueeze(0) < n_stored.to(device).unsqueeze(1)  # (S, H)
+    bits = n * math.log2(N + 1) + math.log2(max(H, 1)) + n + 2
+    if F == "power" and bits < 52:
+        path, work = "poly", (torch.float32 if bits < 23 else torch.float64)
+    elif F == "exp":
+        path, work = "exp", torch.float64
+    else:
+        path = "generic"
+    n_st = n_stored.to(device)
+    valid = torch.arange(H, device=device).unsqueeze(0) < n_st.unsqueeze(1)  # (S, H)
     xi_t = (xi.to(work) * valid.unsqueeze(-1).to(work)).transpose(1, 2).contiguous()  # (S, N, H)
-    s = s0.to(work).clone()
-    h = torch.empty(R, H, dtype=work, device=device)
-    for t in range(S):
-        rows = (row_trial == t).nonzero().flatten()
-        if rows.numel():
-            h[rows] = s[rows] @ xi_t[t]
-    neg = None
-    if mode == "log":
-        neg = torch.zeros(S, H, dtype=work, device=device).masked_fill(~valid, float("-inf"))[row_trial]
     xi_flat = xi_t.reshape(S * N, H)
-    trial = row_trial.to(device)
-    gidx = torch.arange(R, device=device)
-    out_s = torch.empty_like(s)
-    out_conv = torch.zeros(R, dtype=torch.bool, device=device)
+    # rows sorted by trial, so that each trial's rows are one contiguous block
+    srt = torch.sort(row_trial.to(device), stable=True).indices
+    gidx = srt.clone()
+    trial = row_trial.to(device)[srt]
+    s = s0.to(device)[srt].to(work).clone()
+
+    def blocks():
+        counts = torch.bincount(trial, minlength=S).tolist()
+        out, lo = [], 0
+        for t, c in enumerate(counts):
+            if c:
+                out.append((t, lo, lo + c))
+                lo += c
+        return out
+
+    def per_trial_dot(M, i, bl):  # (R_active,) = M[r] . xi_t[trial[r], i]
+        out = torch.empty(M.shape[0], dtype=work, device=device)
+        for t, lo, hi in bl:
+            torch.mv(M[lo:hi], xi_t[t, i], out=out[lo:hi])
+        return out
+
+    h = torch.empty(s.shape[0], H, dtype=work, device=device)
+    for t, lo, hi in blocks():
+        h[lo:hi] = s[lo:hi] @ xi_t[t]
+    odd_js = [n - k for k in range(1, n + 1, 2)]          # powers of h dotted with xi_i
+    even_js = [n - k for k in range(2, n + 1, 2)]         # powers of h summed
+    coef = {k: math.comb(n, k) * (-2.0) ** k for k in range(1, n + 1)}
+    P, even, colsum, E, sumE, neg = {}, None, None, None, None, None
+
+    def even_term(hh, tr):
+        e = torch.zeros(hh.shape[0], dtype=work, device=device)
+        for j in even_js:
+            sj = n_st[tr].to(work) if j == 0 else hh.pow(j).sum(-1)
+            e += coef[n - j] * sj
+        return e
+
+    def exp_state(hh, tr):
+        hm = hh.masked_fill(~valid[tr], float("-inf"))
+        m = hm.amax(-1, keepdim=True)
+        ee = torch.exp(beta * (hm - m))
+        return ee, ee.sum(-1)
+
+    if path == "poly":
+        P = {j: h.pow(j) for j in odd_js if j >= 2}
+        P[1] = h
+        even = even_term(h, trial)
+        colsum = xi_t.sum(-1)  # (S, N): sum_mu xi_mu,i, the j = 0 dot product
+    elif path == "exp":
+        E, sumE = exp_state(h, trial)
+        log_gain = 2.0 * beta
+    elif mode == "log":
+        neg = torch.zeros(S, H, dtype=work, device=device).masked_fill(~valid, float("-inf"))[trial]
 
     def fsum(a, m=None):
         if F == "power":
@@ -622,19 +677,27 @@ def dense_async_recall(xi: torch.Tensor, n_stored: torch.Tensor, s0: torch.Tenso
             return torch.clamp(a, min=0).pow(n).sum(-1)
         return torch.logsumexp(beta * a + m, -1)
 
+    out_s = torch.empty(R, N, dtype=work, device=device)
+    out_conv = torch.zeros(R, dtype=torch.bool, device=device)
     for step in range(max_steps):
         order = torch.randperm(N, generator=generator).tolist()
         s_before = s.clone()
-        fh = fsum(h) if mode == "exact" else None  # sum_mu F(h_mu) at the current state
+        bl = blocks()
         for i in order:
-            col = xi_flat.index_select(0, trial * N + i)  # (R_active, H)
             old = s[:, i]
-            if mode == "exact":
-                # h with neuron i's sign reversed; exact integers, so the comparison equals the model's
-                other = h - (2.0 * old).unsqueeze(1) * col
-                f_other = fsum(other)
-                pref = old * (fh - f_other)
+            if path == "poly":
+                gain = even.clone()
+                for j in odd_js:
+                    d = colsum[trial, i] if j == 0 else per_trial_dot(P[j], i, bl)
+                    gain += coef[n - j] * old * d
+                flip = gain > 0
+            elif path == "exp":
+                d = old * per_trial_dot(E, i, bl)
+                A = (sumE + d).clamp_min(0)  # mass of the memories that agree with s_i
+                B = (sumE - d).clamp_min(0)
+                flip = torch.log(B) + log_gain > torch.log(A)
             else:
+                col = xi_flat.index_select(0, trial * N + i)
                 hp = h + (1.0 - old).unsqueeze(1) * col
                 hn = h - (1.0 + old).unsqueeze(1) * col
                 if mode == "normalised":
@@ -642,24 +705,39 @@ def dense_async_recall(xi: torch.Tensor, n_stored: torch.Tensor, s0: torch.Tenso
                     pref = fsum(hp / sc) - fsum(hn / sc)
                 else:
                     pref = fsum(hp, neg) - fsum(hn, neg)
-            new = torch.where(pref > 0, 1.0, torch.where(pref < 0, -1.0, old)).to(work)
-            d = new - old
-            ch = (d != 0).nonzero().flatten()
-            if ch.numel():
-                h.index_copy_(0, ch, h.index_select(0, ch).addcmul_(d.index_select(0, ch).unsqueeze(1), col.index_select(0, ch)))
-                s[ch, i] = new[ch]
-                if fh is not None:
-                    fh[ch] = f_other[ch]
+                flip = ((pref > 0) & (old < 0)) | ((pref < 0) & (old > 0))
+            fr = flip.nonzero().flatten()
+            if fr.numel():
+                tr = trial.index_select(0, fr)
+                of = old.index_select(0, fr)
+                col = xi_flat.index_select(0, tr * N + i)
+                hf = h.index_select(0, fr).addcmul_(of.unsqueeze(1), col, value=-2.0)
+                h.index_copy_(0, fr, hf)
+                if path == "poly":
+                    for j in P:
+                        if j >= 2:
+                            P[j].index_copy_(0, fr, hf.pow(j))
+                    even.index_copy_(0, fr, even_term(hf, tr))
+                elif path == "exp":
+                    ef, sf = exp_state(hf, tr)
+                    E.index_copy_(0, fr, ef)
+                    sumE.index_copy_(0, fr, sf)
+                s[:, i].index_copy_(0, fr, -of)
         moved = (s != s_before).any(-1)
         fin = (~moved) | torch.tensor(step == max_steps - 1, device=device)
         if bool(fin.any()):
             f = fin.nonzero().flatten()
-            out_s[gidx[f]] = s[f]
-            out_conv[gidx[f]] = ~moved[f]
+            out_s.index_copy_(0, gidx.index_select(0, f), s.index_select(0, f))
+            out_conv.index_copy_(0, gidx.index_select(0, f), ~moved.index_select(0, f))
             keep = (~fin).nonzero().flatten()
-            s, h, trial, gidx = s[keep], h[keep], trial[keep], gidx[keep]
-            if neg is not None:
-                neg = neg[keep]
+            s, h, trial, gidx = (x.index_select(0, keep) for x in (s, h, trial, gidx))
+            if path == "poly":
+                P = {j: (h if j == 1 else P[j].index_select(0, keep)) for j in P}
+                even = even.index_select(0, keep)
+            elif path == "exp":
+                E, sumE = E.index_select(0, keep), sumE.index_select(0, keep)
+            elif neg is not None:
+                neg = neg.index_select(0, keep)
         if gidx.numel() == 0:
             break
     return out_s.to(s0.dtype), out_conv
@@ -1232,7 +1310,13 @@ def plot_capacity(reports: Sequence[CapacityReport], path=None, title: str | Non
         if rep.exponent is not None:
             lab += f", slope {rep.exponent:.2f}"
         ok = K > 0
-        ax.errorbar(N[ok & ~cens], K[ok & ~cens], yerr=E[ok & ~cens], fmt="o-", color=c, capsize=3, label=lab)
+        if rep.model == "threshold":  # K = 2^(mean N_h): the spread is multiplicative, 2^(+-std N_h)
+            sd = np.array([r.extra.get("N_h_std", 0.0) for r in rep.results], float)
+            yerr = np.vstack([K - K * 2.0 ** -sd, K * 2.0 ** sd - K])
+        else:  # on log axes a lower bar below zero cannot be drawn: cap it at 90 % of K
+            yerr = np.vstack([np.minimum(E, 0.9 * K), E])
+        sel = ok & ~cens
+        ax.errorbar(N[sel], K[sel], yerr=yerr[:, sel], fmt="o-", color=c, capsize=3, label=lab)
         if (ok & cens).any():
             ax.plot(N[ok & cens], K[ok & cens], "^", mfc="none", color=c, label=f"{lab}: >= (k_max reached)")
         if theory:
