@@ -93,7 +93,7 @@ def adaptive_advance(
 
 
 #: steps an adaptive solver may take within one ``dt`` interval before the integration is declared divergent
-MAX_ADAPTIVE_STEPS = 20_000
+MAX_ADAPTIVE_STEPS = 10_000
 
 
 def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
