@@ -212,3 +212,14 @@ def test_blas_threads_restored_after_kernel():
     q, k, _ = data(8, 16, 2000)
     run_np(q, k, None, 1.0, 64, 2)
     assert [c.num_threads for c in ctl] == before
+
+
+def test_bench_command_rejects_bad_cases_with_exit_2(tmp_path, capsys):
+    from assocmem.cli import main
+
+    assert main(["bench", "--cases", "retrieval,nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cases" in err
+    assert main(["bench", "--rounds", "0"]) == 2
+    assert main(["bench", "--json", str(tmp_path / "missing" / "x.json")]) == 2
+    assert not (tmp_path / "missing").exists()
