@@ -97,7 +97,8 @@ def _recall_cell(name, model, target, flips, known, cfg, generator, chunk):
             st = torch.full((t.shape[0],), tr.steps, dtype=torch.long)
             cv = tr.converged
             traces.append(tr.energy.to(torch.float64))
-            times = tr.t.numpy()
+            if times is None or len(tr.t) > len(times):
+                times = tr.t.numpy()  # the longest chunk's record times (the padded traces follow it)
         else:
             max_steps = 20 if binary else 30
             r = model.recall(cue, max_steps=max_steps, tol=1e-4, clamp=clamp, generator=generator)
