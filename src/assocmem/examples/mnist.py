@@ -243,7 +243,9 @@ def _write(out, records, results, cfg, cues, target, xi, labels, order, total, q
     rep.figure("exact_recall.png", figure_png(_bar_chart(records)), "Exact recall per model and corruption.")
     rep.heading("Cue / recalled / original")
     rep.paragraph("Each triple shows the cue (unknown pixels blue-grey), the recalled state (pixels that differ from "
-                  "the original in red) and the stored original. Rows: flip 20 %, occlude bottom half, erase 30 %.")
+                  "the original in red where ink was recalled, pink where background was) and the stored original. "
+                  "Rows: flip 20 %, occlude bottom half, erase 30 %. Binary models start the unknown pixels at random "
+                  "values; the cue shows them as unknown.")
     for m in MODELS:
         if not cues[m]:
             continue
