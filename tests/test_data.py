@@ -209,3 +209,13 @@ def test_image_memory_bank_round_trip(tmp_path):
         data.ImageMemory(xi, height=2, width=3, names=["a"])
     with pytest.raises(ValueError, match="binary_pixels"):
         data.ImageMemory(xi * 0.5, height=2, width=3)
+
+
+def test_loaders_work_without_a_usable_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ASSOCMEM_CACHE", str(blocker / "cache"))  # cannot be created
+    x, y = data.load_mnist("test", n=3)
+    assert y.tolist() == [7, 2, 1] and x.shape == (3, 784)
+    k, chars = data.load_kanji(size=16, n=5)
+    assert k.shape == (5, 256) and chars == ["!", ",", ".", "0", "1"]

