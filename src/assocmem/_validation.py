@@ -22,6 +22,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_finite",
+    "guard_result",
     "describe",
     "as_batch",
 ]
@@ -133,6 +134,22 @@ def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"{name}: {n_bad} non-finite value(s) (NaN or inf) in {describe(t)}, first at index {first}; "
             "expected finite values"
+        )
+    return t
+
+
+def guard_result(what: str, t: torch.Tensor, *, allow_inf: bool = False) -> torch.Tensor:
+    """Raise :class:`DivergenceError` if a computed result holds NaN (or, unless ``allow_inf``, an
+    infinity), naming the batch rows; used where finite inputs can still overflow (huge states)."""
+    if not t.is_floating_point():
+        return t
+    bad = torch.isnan(t) if allow_inf else ~torch.isfinite(t)
+    if bool(bad.any()):
+        rows = bad.reshape(bad.shape[0], -1).any(-1).nonzero().flatten().tolist() if t.ndim else []
+        kind = "NaN" if allow_inf else "NaN or inf"
+        raise DivergenceError(
+            f"{what} produced {kind} for batch element(s) {rows[:10]}: the state's magnitude overflows "
+            f"{str(t.dtype).replace('torch.', '')}; rescale the input"
         )
     return t
 

@@ -23,6 +23,7 @@ from ._validation import (
     check_positive,
     check_tensor,
     describe,
+    guard_result,
 )
 from .lagrangians import Abs, Exp, Lagrangian, LogSumExp, Power, Quadratic, RectifiedPower, Spherical
 from .network import TwoLayerNetwork
@@ -112,14 +113,14 @@ class AssociativeMemory(nn.Module):
     def energy(self, x) -> torch.Tensor:
         """Effective energy of each state, shape (B,) (a 0-d tensor for one state)."""
         t, single = self._prepare("x", x)
-        e = self._energy(t)
+        e = guard_result("energy", self._energy(t), allow_inf=True)  # +-inf: the true value overflows
         return e[0] if single else e
 
     def step(self, x, generator: torch.Generator | None = None, clamp=None) -> torch.Tensor:
         """One update of every state: an asynchronous sweep (binary models) or a synchronous update."""
         t, single = self._prepare("x", x)
         c = self._prepare_clamp(clamp, t.shape[0])
-        out = self._step(t.clone(), generator, c, t)
+        out = guard_result("step", self._step(t.clone(), generator, c, t))
         return out[0] if single else out
 
     def recall(self, cue, max_steps: int = 100, tol: float = 1e-6, clamp=None,
