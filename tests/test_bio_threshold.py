@@ -172,3 +172,30 @@ def test_bad_input():
         big.all_states()
     sample = torch.randint(0, 2, (500, 25), generator=torch.Generator().manual_seed(1))
     assert 0.0 <= big.stable_fraction(states=sample) <= 1.0
+
+
+@pytest.mark.slow
+def test_mnist_experiment_quick(tmp_path):
+    """scripts/bio_mnist.py --quick (10,000 digits, 10 epochs): many distinct stable minima, far more
+    recalled states than the 50 that a winner-take-all layer of 50 hidden units allows."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "scripts" / "bio_mnist.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, cwd=root, timeout=3600)
+    d = json.loads((tmp_path / "bio_mnist.json").read_text())
+    for name in ("bio_mnist.png", "bio_mnist_models.csv", "bio_mnist_samples.npz"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert d["n_training_digits"] == 10000 and d["n_hidden"] == 50
+    assert d["distinct_minima"] >= 5000
+    assert d["fraction_final_codes_stable"] >= 0.99 and d["fraction_converged"] == 1.0
+    rows = {(r["model"], r["cues"]): r for r in d["recall_accuracy"]}
+    thr = rows[("threshold, theta = 0.21", "test digits")]
+    assert thr["distinct_recalled_states"] > 500 and thr["recall_accuracy"] > 0.6
+    for (model, cues), r in rows.items():
+        if model.startswith(("Model A", "Model B")):
+            assert r["distinct_recalled_states"] <= 50  # one memory per hidden unit (KH eq. 9)
+    assert rows[("Model A, F = x^3 (binary)", "test digits")]["recall_accuracy"] < 0.2
