@@ -330,7 +330,7 @@ def test_classical_overlap_capacity_at_N_1000_is_0138_N():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n,Ns", [(3, [25, 50, 100, 200]), (4, [20, 30, 50, 80])])
+@pytest.mark.parametrize("n,Ns", [(3, [25, 50, 100, 200]), (4, [30, 50, 80, 120])])
 def test_dense_power_exponent_is_n_minus_1(n, Ns):
     rep = cap.capacity_scan("dense", Ns, "recall", n=n, flip=0.1, trials=3)
     assert abs(rep.exponent - (n - 1)) <= 0.35

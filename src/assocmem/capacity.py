@@ -481,7 +481,7 @@ def classical_stable(probes: torch.Tensor, stored: torch.Tensor, n_stored: torch
 
 
 def classical_async_recall(T: torch.Tensor, s0: torch.Tensor, row_trial: torch.Tensor, max_steps: int,
-                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                           generator: torch.Generator, window: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """``ClassicalHopfield.recall`` for many rows at once, each with its own couplings, event-driven.
 
     T (S, N, N) integer-valued couplings with zero diagonal (row i of T[t] is neuron i's input
@@ -489,10 +489,10 @@ def classical_async_recall(T: torch.Tensor, s0: torch.Tensor, row_trial: torch.T
     neurons in the order of one ``randperm`` (shared by all rows, drawn per sweep as the model does);
     instead of visiting every neuron, a row jumps to the next neuron in its sweep order whose local
     field disagrees with its sign (a neuron that agrees would not change, so skipping it is exact) and
-    flips it, updating the fields with one row of T. Each row keeps its state and fields in the
-    column order of its current sweep, so the next flip is the first negative ``s * u`` at or after the
-    row's position. Cost: a few (R, N) passes per flip instead of N of them per sweep. Returns
-    (final states, converged), converged meaning a sweep without a flip within ``max_steps`` sweeps."""
+    flips it, updating the fields with one row of T. The next such neuron is looked for in the next
+    ``window`` positions of the row's order first and in the rest of the sweep only when none is
+    there. Returns (final states, converged), converged meaning a sweep without a flip within
+    ``max_steps`` sweeps."""
     R, N = s0.shape
     device = s0.device
     work = T.dtype
@@ -500,16 +500,13 @@ def classical_async_recall(T: torch.Tensor, s0: torch.Tensor, row_trial: torch.T
     perms = _Perms(N, generator, device, max_steps)
     order_tab = perms.upto(0)
     Tflat = T.reshape(S * N, N)
-    s_nat = s0.to(work)
-    u_nat = torch.empty(R, N, dtype=work, device=device)
+    s = s0.to(work).clone()
+    u = torch.empty(R, N, dtype=work, device=device)
     for t in range(S):  # initial local fields, one matmul per trial
         rows = (row_trial == t).nonzero().flatten()
         if rows.numel():
-            u_nat.index_copy_(0, rows, s_nat.index_select(0, rows) @ T[t])
-    ordr = order_tab[0].expand(R, N).contiguous()  # column c holds neuron ordr[r, c]
-    s = s_nat.gather(1, ordr)
-    u = u_nat.gather(1, ordr)
-    del s_nat, u_nat
+            u.index_copy_(0, rows, s.index_select(0, rows) @ T[t])
+    ordr = order_tab[0].expand(R, N).contiguous()  # the current sweep order of each row
     out_s = torch.empty(R, N, dtype=work, device=device)
     out_conv = torch.zeros(R, dtype=torch.bool, device=device)
     gidx = torch.arange(R, device=device)
@@ -518,29 +515,37 @@ def classical_async_recall(T: torch.Tensor, s0: torch.Tensor, row_trial: torch.T
     pos = torch.zeros(R, dtype=torch.long, device=device)
     flips = torch.zeros(R, dtype=torch.long, device=device)
     done = torch.zeros(R, dtype=torch.bool, device=device)
+    W = max(1, min(int(window), N))
+    arW = torch.arange(W, device=device)
     cols = torch.arange(N, device=device)
-
-    def natural(x, rows):  # rows of x (in sweep order) back in neuron order
-        return torch.empty(rows.numel(), N, dtype=work, device=device).scatter_(
-            1, ordr.index_select(0, rows), x.index_select(0, rows))
-
     while gidx.numel():
-        cand = (s * u) < 0
-        cand &= cols >= pos.unsqueeze(1)
-        c = cand.view(torch.uint8).argmax(1)  # first candidate column (0 when there is none)
-        has = cand.gather(1, c.unsqueeze(1)).squeeze(1) & ~done
+        at = pos.unsqueeze(1) + arW
+        win = ordr.gather(1, at.clamp_max(N - 1))  # neurons at the next W positions
+        cand = (s.gather(1, win) * u.gather(1, win) < 0) & (at < N)
+        has = cand.any(1)
+        c = pos + cand.view(torch.uint8).argmax(1)  # position of the first candidate
+        far = (~has & ~done & (pos + W < N)).nonzero().flatten()
+        if far.numel():  # nothing in the window: search the rest of the sweep
+            o = ordr.index_select(0, far)
+            cf = (s.index_select(0, far).gather(1, o) * u.index_select(0, far).gather(1, o) < 0)
+            cf &= cols >= (pos.index_select(0, far) + W).unsqueeze(1)
+            has.index_copy_(0, far, cf.any(1))
+            c.index_copy_(0, far, cf.view(torch.uint8).argmax(1))
+        has &= ~done
         fr = has.nonzero().flatten()
         if fr.numel():
-            cf = c.index_select(0, fr).unsqueeze(1)
-            s_f = s.index_select(0, fr)
-            o_f = ordr.index_select(0, fr)
-            old = s_f.gather(1, cf)
-            s_f.scatter_(1, cf, -old)
-            trow = Tflat.index_select(0, trial.index_select(0, fr) * N + o_f.gather(1, cf).squeeze(1)).gather(1, o_f)
-            u_f = u.index_select(0, fr).addcmul_(old, trow, value=-2.0)
-            s.index_copy_(0, fr, s_f)
-            u.index_copy_(0, fr, u_f)
-            pos.index_copy_(0, fr, cf.squeeze(1) + 1)
+            cf = c.index_select(0, fr)
+            nf = ordr.index_select(0, fr).gather(1, cf.unsqueeze(1)).squeeze(1)
+            old = s[fr, nf]
+            s[fr, nf] = -old
+            trows = Tflat.index_select(0, trial.index_select(0, fr) * N + nf)
+            if 2 * fr.numel() >= gidx.numel():
+                coef = torch.zeros(gidx.numel(), dtype=work, device=device).index_copy_(0, fr, -2.0 * old)
+                full = torch.zeros(gidx.numel(), N, dtype=work, device=device).index_copy_(0, fr, trows)
+                u.addcmul_(coef.unsqueeze(1), full)
+            else:
+                u.index_copy_(0, fr, u.index_select(0, fr).addcmul_((-2.0 * old).unsqueeze(1), trows))
+            pos.index_copy_(0, fr, cf + 1)
             flips.index_add_(0, fr, torch.ones_like(fr))
         er = ((~has) & ~done).nonzero().flatten()
         if er.numel():
@@ -549,7 +554,7 @@ def classical_async_recall(T: torch.Tensor, s0: torch.Tensor, row_trial: torch.T
             stop = conv | (nxt >= max_steps)
             fin = er[stop]
             if fin.numel():
-                out_s.index_copy_(0, gidx.index_select(0, fin), natural(s, fin))
+                out_s.index_copy_(0, gidx.index_select(0, fin), s.index_select(0, fin))
                 out_conv.index_copy_(0, gidx.index_select(0, fin), conv[stop])
                 done.index_fill_(0, fin, True)
             go = er[~stop]
@@ -557,11 +562,7 @@ def classical_async_recall(T: torch.Tensor, s0: torch.Tensor, row_trial: torch.T
                 nxt_go = nxt[~stop]
                 sweep.index_copy_(0, go, nxt_go)
                 order_tab = perms.upto(int(nxt_go.max()))
-                new_ord = order_tab.index_select(0, nxt_go)
-                sn, un = natural(s, go), natural(u, go)
-                s.index_copy_(0, go, sn.gather(1, new_ord))
-                u.index_copy_(0, go, un.gather(1, new_ord))
-                ordr.index_copy_(0, go, new_ord)
+                ordr.index_copy_(0, go, order_tab.index_select(0, nxt_go))
                 pos.index_fill_(0, go, 0)
                 flips.index_fill_(0, go, 0)
         n_done = int(done.sum())
