@@ -136,8 +136,12 @@ def test_dispatch_declines_what_it_does_not_handle():
     K.set_mode("torch")
     assert K.try_retrieve(q, k, None, 1.0, None) is None
     K.set_mode("auto")
-    tiny_q, tiny_k, _ = data(1, 64, 1000)
-    assert K.try_retrieve(tiny_q, tiny_k, None, 1.0, None) is None  # tiny: plain torch
+    tiny_q, tiny_k, tiny_v = data(1, 64, 1000, M=3)
+    for v in (None, tiny_v):  # tiny: the direct numpy update, same numbers
+        out = K.try_retrieve(tiny_q, tiny_k, v, 1.0, None)
+        assert ((out.double() - ref(tiny_q, tiny_k, v, 1.0)).abs().max()) < 1e-5
+    small_q, small_k, _ = data(8, 64, 2000)
+    assert K.try_retrieve(small_q, small_k, None, 1.0, None) is None  # small: plain torch
     with pytest.raises(ValueError, match="mode"):
         K.set_mode("fast")
 

@@ -42,6 +42,9 @@ __all__ = [
 # Problems smaller than this many multiply-adds (B * K * (N + M) / 2) go straight to torch: the
 # cost is then per-call overhead, and plain torch is the reference the issue measures against.
 SMALL_WORK = 1 << 21
+# ...except the tiniest (B * K * (N + M) below this), which run as five numpy calls in this thread:
+# torch spends more on per-op dispatch there than numpy spends on the whole update.
+TINY_WORK = 1 << 18
 _MODES = ("auto", "torch", "numpy")
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 _LOW = (torch.float16, torch.bfloat16)
@@ -521,46 +524,65 @@ def _np_view(t: torch.Tensor) -> tuple[np.ndarray, bool]:
 # ---------------------------------------------------------------------------------------------------
 # the dispatcher used by assocmem.functional.retrieve
 # ---------------------------------------------------------------------------------------------------
+def _tiny(query, keys, values, beta):
+    """The whole update for a tiny problem, unchunked, in the calling thread."""
+    kn = keys.numpy()
+    s = (query.numpy() * beta) @ kn.T
+    s -= s.max(axis=1, keepdims=True)
+    np.exp(s, out=s)
+    out = s @ (kn if values is None else values.numpy())
+    out /= s.sum(axis=1, keepdims=True)
+    return torch.from_numpy(out)
+
+
 def try_retrieve(query, keys, values, beta, mask):
     """``softmax(beta q k^T) v`` by the fastest path for this shape class, or ``None`` when the
     kernel does not apply (masks, batched keys, non-CPU tensors, anything needing gradients,
-    non-contiguous banks, tiny problems) and the caller should run plain torch."""
-    if mask is not None or _mode == "torch":
-        return None
-    if type(query) is not torch.Tensor or type(keys) is not torch.Tensor:  # parameters, subclasses
-        return None
-    if query.ndim != 2 or keys.ndim != 2 or query.device.type != "cpu" or keys.device.type != "cpu":
+    non-contiguous banks, small problems) and the caller should run plain torch."""
+    if (mask is not None or _mode == "torch" or type(query) is not torch.Tensor or type(keys) is not torch.Tensor
+            or query.ndim != 2 or keys.ndim != 2 or not query.is_cpu or not keys.is_cpu):
         return None
     dt = query.dtype
     kdt = keys.dtype
     if dt not in (torch.float32, torch.float64) or (kdt != dt and not (dt == torch.float32 and kdt in _LOW)):
         return None
     if values is not None and (type(values) is not torch.Tensor or values.ndim != 2 or values.dtype != kdt
-                               or values.device.type != "cpu" or values.shape[0] != keys.shape[0]
+                               or not values.is_cpu or values.shape[0] != keys.shape[0]
                                or not values.is_contiguous()):
         return None
-    if torch.is_grad_enabled() and (query.requires_grad or keys.requires_grad
-                                    or (values is not None and values.requires_grad)):
-        return None
+    if torch.is_grad_enabled():
+        if query.requires_grad or keys.requires_grad or (values is not None and values.requires_grad):
+            return None
+        if isinstance(beta, torch.Tensor) and beta.requires_grad:
+            return None
     if isinstance(beta, torch.Tensor):
-        if beta.numel() != 1 or (beta.requires_grad and torch.is_grad_enabled()) or beta.device.type != "cpu":
+        if beta.numel() != 1 or not beta.is_cpu:
             return None
         beta = float(beta)
+    if query.requires_grad:  # only under no_grad: .numpy() refuses tensors that require grad
+        query = query.detach()
+    if keys.requires_grad:
+        keys = keys.detach()
+    if values is not None and values.requires_grad:
+        values = values.detach()
     B, N = query.shape
     K = keys.shape[0]
     if keys.shape[1] != N or K == 0 or B == 0 or not keys.is_contiguous():
         return None
     M = N if values is None else values.shape[1]
-    if _mode != "numpy" and B * K * (N + M) < 2 * SMALL_WORK:
-        return None
+    work = B * K * (N + M)
+    if _mode != "numpy" and work < 2 * SMALL_WORK:
+        if work > TINY_WORK or kdt != dt:
+            return None
+        return _tiny(query, keys, values, beta)
     if _mode == "auto":
         path, chunk = decide(B, N, K, M, dt, kdt)
     else:
         path, chunk = "numpy", _default_chunk(B, N, M, K)
     if path != "numpy":
         return None
-    qs = np.multiply(query.detach().numpy(), beta, dtype=_NP_DTYPES[dt])
-    kn, bf16 = _np_view(keys.detach())
-    vn = None if values is None else _np_view(values.detach())[0]
+    qs = np.multiply(query.numpy(), beta, dtype=_NP_DTYPES[dt])
+    kn, bf16 = _np_view(keys)
+    vn = None if values is None else _np_view(values)[0]
     out = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16)
     return torch.from_numpy(out)
