@@ -204,7 +204,8 @@ def _codec_for_object(obj) -> _Codec:
     if c is not None and c.cls is type(obj):
         return c
     if hasattr(type(obj), "_bank_config") and hasattr(type(obj), "_from_bank"):
-        return register(type(obj))
+        register(type(obj))
+        return _REGISTRY[type(obj).__name__]
     raise TypeError(
         f"model: got {describe(obj)}; expected one of the storable classes {sorted(_REGISTRY)} "
         "(or a class defining _bank_config and _from_bank)"
@@ -221,7 +222,8 @@ def _codec_for_name(name: str, module: str | None, path: Path) -> _Codec:
         except ImportError:
             cls = None
         if cls is not None and hasattr(cls, "_from_bank") and hasattr(cls, "_bank_config"):
-            return register(cls)
+            register(cls)
+            return _REGISTRY[name]
     raise CorruptBankError(
         f"{path}: stores a model of class {name!r} (module {module!r}) that this assocmem cannot rebuild; "
         f"known classes: {sorted(_REGISTRY)}"
@@ -772,7 +774,7 @@ class MemoryBank:
             return codec.from_bank(self.header["config"], tensors)
         except CorruptBankError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise CorruptBankError(f"{self.path}: the stored configuration does not rebuild a {self.class_name} ({e})") from None
 
     def verify(self) -> "MemoryBank":
