@@ -186,6 +186,8 @@ def _path_name(q, X, beta) -> str:
         if _kernels.try_retrieve(q, X, None, beta, None) is None:
             return "torch"
     B, N = q.shape
+    if B * X.shape[0] * 2 * N < 2 * _kernels.SMALL_WORK:
+        return "numpy, direct (tiny)"
     d = _kernels.decide(B, N, X.shape[0], N, q.dtype, X.dtype) if _kernels.get_mode() == "auto" else ("numpy", 0)
     return f"kernel chunk={d[1]}"
 
