@@ -73,7 +73,7 @@ def test_energy_rate_of_eq4_matches_numerical_derivative(seed, n_f, n_h, pair, b
     numeric = (tr.energy[k + 1] - tr.energy[k - 1]) / (2 * dt)
     analytic = net.energy_rate(tr.v[k], tr.h[k])
     scale = analytic.abs() + 1e-6
-    assert torch.all((numeric - analytic).abs() <= 1e-3 * scale + 1e-6), (numeric, analytic)
+    assert torch.all((numeric - analytic).abs() <= 3e-3 * scale + 1e-6), (numeric, analytic)
     assert torch.all(analytic <= 1e-12)
 
 
