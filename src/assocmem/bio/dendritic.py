@@ -13,6 +13,7 @@ from torch import nn
 
 from .. import integrators as _int
 from .._validation import DivergenceError, check_choice, check_int, check_positive, check_tensor, describe
+from ._threads import single_thread_if_small
 
 __all__ = ["DendriticEIMemory", "DendriticRecallResult", "POPULATIONS"]
 
@@ -75,11 +76,11 @@ class DendriticEIMemory(nn.Module):
     >>> import torch
     >>> from assocmem.bio import DendriticEIMemory
     >>> g = torch.Generator().manual_seed(0)
-    >>> xi = torch.randint(0, 2, (400, 100), generator=g).float()     # K = 4 N_f
+    >>> xi = torch.randint(0, 2, (150, 60), generator=g).float()      # K = 2.5 N_f
     >>> dm = DendriticEIMemory(xi, n=6)
-    >>> cue = xi[:20].clone(); cue[:, :10] = 1 - cue[:, :10]         # 10 % of bits flipped
+    >>> cue = xi[:10].clone(); cue[:, :6] = 1 - cue[:, :6]           # 10 % of bits flipped
     >>> r = dm.recall(cue)
-    >>> bool((r.state == xi[:20]).all()), bool(r.rates["memory"].min() >= dm.r0)
+    >>> bool((r.state == xi[:10]).all()), bool(r.rates["memory"].min() >= dm.r0)
     (True, True)
     """
 
@@ -104,6 +105,9 @@ class DendriticEIMemory(nn.Module):
             bad = int(((a_mu == 0) | (a_mu == 1)).nonzero()[0])
             raise ValueError(f"patterns: pattern {bad} is all {int(a_mu[bad])}s; expected every pattern to have at least one 0 and one 1")
         self.register_buffer("xi", p.contiguous())
+        # the transpose as its own contiguous buffer: a transposed view makes some BLAS builds
+        # take a slow path for these small batched products
+        self.register_buffer("_xi_t", p.T.contiguous(), persistent=False)
         self.register_buffer("a_mu", a_mu)
         self.n = check_int("n", n, minimum=1)
         self.dendrites = check_choice("dendrites", dendrites, ("nonlinear", "linear"))
@@ -192,7 +196,7 @@ class DendriticEIMemory(nn.Module):
 
     def _dendrite(self, x, y_ff):
         """Memory (and shunt) dendritic current h (B, K)."""
-        return x @ self.xi.T - (self.a_mu * self.n_features) * y_ff
+        return x @ self._xi_t - (self.a_mu * self.n_features) * y_ff
 
     def derivatives(self, state, drive: torch.Tensor | None = None):
         """Time derivatives (per ms) of the state tuple (x, m, q, y_ff, y_fb); ``drive`` (B, N_f) is
@@ -239,6 +243,10 @@ class DendriticEIMemory(nn.Module):
         if bool(((c < 0) | (c > 1)).any()):
             raise ValueError(f"cue: got values in [{float(c.min())!r}, {float(c.max())!r}]; expected values in [0, 1] (0.5 = unknown bit)")
         c = c.to(dtype=self.xi.dtype, device=self.xi.device)
+        with single_thread_if_small(c.shape[0] * self.n_memories * self.n_features):
+            return self._recall(c, single, t_max, dt, method, tol, t_cue)
+
+    def _recall(self, c, single, t_max, dt, method, tol, t_cue) -> DendriticRecallResult:
         t_max = float(check_positive("t_max", t_max))
         dt = float(check_positive("dt", dt))
         tol = float(check_positive("tol", tol))

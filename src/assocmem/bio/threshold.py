@@ -13,6 +13,7 @@ from torch import nn
 from .._validation import check_in_range, check_int, check_positive, check_tensor, describe
 from ..lagrangians import Heaviside, Quadratic
 from ..network import TwoLayerNetwork
+from ._threads import single_thread_if_small
 
 __all__ = ["ThresholdMemory", "ThresholdRecallResult", "stability_bound", "MAX_ENUMERATED_HIDDEN"]
 
@@ -214,8 +215,9 @@ class ThresholdMemory(nn.Module):
         net = self.network
         if h0 is not None:
             h0 = check_tensor("h0", h0, ndim=(1, 2))
-        traj = net.simulate(v / c, h0=h0, t_max=t_max, dt=dt, method=method, tol=tol,
-                            record_every=max(1, int(round(self.tau_v / dt))))
+        with single_thread_if_small(v.shape[0] * self.n_visible * self.n_hidden):
+            traj = net.simulate(v / c, h0=h0, t_max=t_max, dt=dt, method=method, tol=tol,
+                                record_every=max(1, int(round(self.tau_v / dt))))
         state = traj.final_v * c
         hidden = (traj.final_h > self.theta).to(self.xi.dtype)
         if single:
