@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from . import __version__
+from ._validation import AssocmemError
 
 __all__ = ["main", "build_parser"]
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, TypeError, AssocmemError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as e:  # AssocmemError: also DivergenceError, with its step and layer
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"assocmem {args.command}: error: {msg}", file=sys.stderr)
         return 2
