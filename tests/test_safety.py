@@ -98,6 +98,21 @@ def test_non_finite_inputs_are_rejected_at_the_boundary(bad):
         ModernHopfield(bad_xi)
 
 
+def test_numpy_scalars_are_not_promoted_to_vectors():
+    """A 0-d numpy array is a scalar, not a (1,) vector (numpy's ascontiguousarray would make it one)."""
+    import numpy as np
+
+    from assocmem import streaming
+
+    with pytest.raises(ValueError, match="query: got tensor of shape \\(\\)"):
+        streaming.streaming_retrieve(np.array(-1.0, dtype=np.float16), torch.randn(4, 1))
+    with pytest.raises(ValueError, match="cue"):
+        ModernHopfield(torch.randn(4, 1)).recall(np.array(0.5))
+    # non-contiguous arrays are still accepted and read correctly
+    a = np.arange(12.0).reshape(3, 4)[:, ::-1]
+    assert torch.equal(ModernHopfield(a).xi, torch.from_numpy(a.copy()).float())
+
+
 # -- half precision: float32 accumulation -------------------------------------------------------------
 def _half_models():
     return {

@@ -93,7 +93,7 @@ def check_tensor(
             if isinstance(x, np.ndarray):
                 if x.dtype == object:
                     raise TypeError(f"{name}: got an object array; expected a numeric array or tensor{hint}")
-                t = torch.from_numpy(np.ascontiguousarray(x))
+                t = torch.from_numpy(np.asarray(x, order="C"))  # keeps 0-d arrays 0-d (ascontiguousarray does not)
             elif isinstance(x, (list, tuple)):
                 t = torch.as_tensor(x)
             else:
