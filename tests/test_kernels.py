@@ -227,3 +227,46 @@ def test_bench_command_rejects_bad_cases_with_exit_2(tmp_path, capsys):
     assert main(["bench", "--rounds", "0"]) == 2
     assert main(["bench", "--json", str(tmp_path / "missing" / "x.json")]) == 2
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("mode", ["numpy", "torch", "auto"])
+@pytest.mark.parametrize("shape", [(1, 64, 1000), (24, 40, 3000)])  # the tiny path and the chunked one
+def test_retrieve_returns_the_log_sum_exp_of_its_softmax(mode, shape):
+    K.set_mode(mode)
+    B, N, Kk = shape
+    q, k, v = data(B, N, Kk, M=24, seed=11, dtype=torch.float64)
+    for values in (None, v):
+        out, lse = AF.retrieve(q, k, values, beta=0.9, return_lse=True)
+        assert lse.shape == (B,)
+        torch.testing.assert_close(lse, torch.logsumexp(0.9 * q @ k.T, -1), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out, AF.retrieve(q, k, values, beta=0.9), rtol=1e-12, atol=1e-12)
+    mask = torch.zeros(B, Kk, dtype=torch.bool)
+    mask[:, ::2] = True
+    _, lse = AF.retrieve(q, k, beta=0.9, mask=mask, return_lse=True)
+    torch.testing.assert_close(lse, torch.logsumexp(0.9 * q @ k[1::2].T, -1))
+
+
+@pytest.mark.parametrize("mode", ["numpy", "torch"])
+def test_modern_recall_reuses_the_steps_log_sum_exp_exactly(mode):
+    """Model B's recall takes the energy trace from the steps' softmax (no extra product per step);
+    it equals the generic loop that evaluates ``energy`` after every step, and the states are equal."""
+    from assocmem import ModernHopfield
+
+    K.set_mode(mode)
+    q, k, _ = data(12, 48, 3000, seed=12, dtype=torch.float64)
+    m = ModernHopfield(k, beta=0.4)
+    clamp = torch.zeros(48, dtype=torch.bool)
+    clamp[:5] = True
+    for c in (None, clamp):
+        fused = m.recall(q, max_steps=40, tol=1e-9, clamp=c)
+        m._fused_energy = False  # the generic path, on this instance only
+        plain = m.recall(q, max_steps=40, tol=1e-9, clamp=c)
+        del m._fused_energy
+        assert fused.steps == plain.steps and torch.equal(fused.converged, plain.converged)
+        assert 0 < int(fused.converged.sum()) and fused.steps > 1  # rows finish at different steps
+        torch.testing.assert_close(fused.state, plain.state, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(fused.energy, plain.energy, rtol=1e-12, atol=1e-12)
+        assert ((fused.energy[1:] - fused.energy[:-1]) <= 1e-12).all()
+    one = m.recall(q[3], max_steps=40, tol=1e-9)
+    torch.testing.assert_close(one.energy, m.recall(q[3:4], max_steps=40, tol=1e-9).energy[:, 0])
+    assert m.recall(q, max_steps=0).energy.shape == (1, 12)

@@ -524,21 +524,26 @@ def _np_view(t: torch.Tensor) -> tuple[np.ndarray, bool]:
 # ---------------------------------------------------------------------------------------------------
 # the dispatcher used by assocmem.functional.retrieve
 # ---------------------------------------------------------------------------------------------------
-def _tiny(query, keys, values, beta):
+def _tiny(query, keys, values, beta, return_lse=False):
     """The whole update for a tiny problem, unchunked, in the calling thread."""
     kn = keys.numpy()
     s = (query.numpy() * beta) @ kn.T
-    s -= s.max(axis=1, keepdims=True)
+    m = s.max(axis=1, keepdims=True)
+    s -= m
     np.exp(s, out=s)
     out = s @ (kn if values is None else values.numpy())
-    out /= s.sum(axis=1, keepdims=True)
+    l = s.sum(axis=1, keepdims=True)
+    out /= l
+    if return_lse:
+        return torch.from_numpy(out), torch.from_numpy((m + np.log(l))[:, 0])
     return torch.from_numpy(out)
 
 
-def try_retrieve(query, keys, values, beta, mask):
+def try_retrieve(query, keys, values, beta, mask, return_lse: bool = False):
     """``softmax(beta q k^T) v`` by the fastest path for this shape class, or ``None`` when the
     kernel does not apply (masks, batched keys, non-CPU tensors, anything needing gradients,
-    non-contiguous banks, small problems) and the caller should run plain torch."""
+    non-contiguous banks, small problems) and the caller should run plain torch. With
+    ``return_lse`` returns ``(states, logsumexp(beta q k^T))``, the second at no extra cost."""
     if (mask is not None or _mode == "torch" or type(query) is not torch.Tensor or type(keys) is not torch.Tensor
             or query.ndim != 2 or keys.ndim != 2 or not query.is_cpu or not keys.is_cpu):
         return None
@@ -574,7 +579,7 @@ def try_retrieve(query, keys, values, beta, mask):
     if _mode != "numpy" and work < 2 * SMALL_WORK:
         if work > TINY_WORK or kdt != dt:
             return None
-        return _tiny(query, keys, values, beta)
+        return _tiny(query, keys, values, beta, return_lse)
     if _mode == "auto":
         path, chunk = decide(B, N, K, M, dt, kdt)
     else:
@@ -584,5 +589,10 @@ def try_retrieve(query, keys, values, beta, mask):
     qs = np.multiply(query.numpy(), beta, dtype=_NP_DTYPES[dt])
     kn, bf16 = _np_view(keys)
     vn = None if values is None else _np_view(values)[0]
+    if return_lse:
+        m, l, acc = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16, normalise=False)
+        lse = np.log(l)
+        lse += m
+        return torch.from_numpy(finish(m, l, acc)), torch.from_numpy(lse)
     out = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16)
     return torch.from_numpy(out)

@@ -20,20 +20,28 @@ def attention_weights(query: torch.Tensor, keys: torch.Tensor, beta, mask: torch
 
 
 def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None = None, beta=1.0,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+             mask: torch.Tensor | None = None, *, return_lse: bool = False):
     """One Model B update (KH eq. 16): ``softmax(beta q k^T) v``, with ``values = keys`` by default.
 
     Shapes: query (..., B, N), keys (..., K, N), values (..., K, M) -> (..., B, M).
     2-D float CPU problems that need no gradient run on the calibrated chunked kernel of
     ``assocmem._kernels`` (same result to float rounding); everything else on plain torch below.
+    With ``return_lse`` also returns ``logsumexp(beta q k^T)`` (...,  B), which the softmax computes
+    anyway: the energy (KH eq. 13) of the query is then ``1/2 q.q - lse / beta`` at no extra product.
     """
     from ._kernels import try_retrieve
 
-    fast = try_retrieve(query, keys, values, beta, mask)
+    fast = try_retrieve(query, keys, values, beta, mask, return_lse)
     if fast is not None:
         return fast
     values = keys if values is None else values
-    return torch.matmul(attention_weights(query, keys, beta, mask), values)
+    if not return_lse:
+        return torch.matmul(attention_weights(query, keys, beta, mask), values)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * beta
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), values), lse
 
 
 def lse_energy(h: torch.Tensor, beta) -> torch.Tensor:

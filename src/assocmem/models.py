@@ -8,7 +8,6 @@ SphericalMemory (Model C, KH eq. 17-22). Each has ``energy``, ``step``, ``recall
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,15 +37,37 @@ __all__ = [
 ]
 
 
-@dataclass
 class RecallResult:
     """Outcome of ``recall``: ``state`` (B, N) (or (N,) for one cue), ``steps`` taken, ``converged``
-    (B,) bool (or a 0-d bool), ``energy`` trace (steps + 1, B) (or (steps + 1,))."""
+    (B,) bool (or a 0-d bool), ``energy`` trace (steps + 1, B) (or (steps + 1,)).
 
-    state: torch.Tensor
-    steps: int
-    converged: torch.Tensor
-    energy: torch.Tensor
+    ``energy`` may be passed as a callable that builds the trace; it is then evaluated when first
+    read (Model B reuses the steps' log-sum-exps and computes only the final state's energy then)."""
+
+    __slots__ = ("state", "steps", "converged", "_energy")
+
+    def __init__(self, state: torch.Tensor, steps: int, converged: torch.Tensor, energy):
+        self.state = state
+        self.steps = steps
+        self.converged = converged
+        self._energy = energy
+
+    @property
+    def energy(self) -> torch.Tensor:
+        if callable(self._energy):
+            self._energy = self._energy()
+        return self._energy
+
+    @energy.setter
+    def energy(self, value) -> None:
+        self._energy = value
+
+    def __iter__(self):  # unpacking: state, steps, converged, energy = result
+        return iter((self.state, self.steps, self.converged, self.energy))
+
+    def __repr__(self) -> str:
+        return (f"RecallResult(state={self.state!r}, steps={self.steps}, converged={self.converged!r}, "
+                f"energy={self.energy!r})")
 
 
 def _check_patterns(patterns, binary: bool) -> torch.Tensor:
@@ -135,6 +156,8 @@ class AssociativeMemory(nn.Module):
         c = self._prepare_clamp(clamp, B)
         cue_t = x
         x = x.clone()
+        if self._fused_energy:
+            return self._recall_fused(x, single, max_steps, tol, c, cue_t, generator)
         e = self._energy(x)
         self._check_finite(0, x, e)
         energies = [e]
@@ -170,6 +193,55 @@ class AssociativeMemory(nn.Module):
         if single:
             return RecallResult(x[0], steps, converged[0], energy[:, 0])
         return RecallResult(x, steps, converged, energy)
+
+    # Models whose step computes the energy of its input on the way (Model B: the softmax's
+    # log-sum-exp) set ``_fused_energy`` and define ``_step_with_energy``; recall then costs
+    # ``steps`` steps, and only the final states' energy is computed, when the trace is first read.
+    _fused_energy = False
+
+    def _step_with_energy(self, x, generator, clamp, cue):  # pragma: no cover - abstract
+        """Return ``(next state, energy of x)``."""
+        raise NotImplementedError
+
+    def _recall_fused(self, x, single, max_steps, tol, c, cue_t, generator) -> RecallResult:
+        B = x.shape[0]
+        converged = torch.zeros(B, dtype=torch.bool, device=x.device)
+        rows = []  # rows[t]: energy of x_t for the rows still moving at step t + 1, NaN for the others
+        steps = 0
+        for s in range(1, max_steps + 1):
+            active = (~converged).nonzero().flatten()
+            if active.numel() == B:
+                xa, ca, cuea = x, c, cue_t
+            else:
+                xa = x.index_select(0, active)
+                ca = None if c is None else c.index_select(0, active)
+                cuea = cue_t.index_select(0, active)
+            new, e_in = self._step_with_energy(xa, generator, ca, cuea)
+            self._check_finite(s - 1, xa, e_in)
+            self._check_finite(s, new, e_in)
+            done = ((new - xa).abs().amax(-1) if new.numel() else new.new_zeros(new.shape[0])) <= tol
+            if active.numel() == B:
+                rows.append(e_in)
+                x, converged = new, done
+            else:
+                rows.append(torch.full((B,), float("nan"), dtype=e_in.dtype, device=e_in.device).index_copy(0, active, e_in))
+                x = x.index_copy(0, active, new)
+                converged = converged.index_copy(0, active, done)
+            steps = s
+            if bool(converged.all()):
+                break
+        final = x
+
+        def trace() -> torch.Tensor:
+            e_final = self._energy(final)
+            self._check_finite(steps, final, e_final)
+            tr = torch.stack(rows + [e_final]) if rows else e_final.unsqueeze(0)
+            tr = torch.where(torch.isnan(tr), e_final.expand_as(tr), tr)  # finished rows keep their energy
+            return tr[:, 0] if single else tr
+
+        if single:
+            return RecallResult(x[0], steps, converged[0], trace)
+        return RecallResult(x, steps, converged, trace)
 
     @staticmethod
     def _check_finite(step: int, x: torch.Tensor, e: torch.Tensor) -> None:
@@ -468,6 +540,15 @@ class ModernHopfield(AssociativeMemory):
             out = torch.where(clamp, cue, out)
         return out
 
+    _fused_energy = True
+
+    def _step_with_energy(self, x, generator, clamp, cue):
+        out, lse = AF.retrieve(x, self.xi, beta=self.beta, return_lse=True)
+        if clamp is not None:
+            out = torch.where(clamp, cue, out)
+        e = 0.5 * (x * x).sum(-1) - lse.to(x.dtype) / self.beta
+        return out, e
+
     def as_network(self, tau_f: float = 1.0, tau_h: float = 0.01) -> TwoLayerNetwork:
         """Two-layer network with L_v = sum v^2/2 and L_h = logsumexp(beta h)/beta (KH eq. 11)."""
         return TwoLayerNetwork(self.xi, Quadratic(), LogSumExp(self.beta), tau_f=tau_f, tau_h=tau_h)
@@ -501,11 +582,16 @@ class SphericalMemory(AssociativeMemory):
     def _energy(self, x):
         return -self._lh.value((self._normalise(x) @ self.xi.T).to(torch.float64))  # x^n: no float32 overflow
 
-    def _project(self, u, clamp, cue_dir):
-        """Unit vector with the clamped coordinates of ``cue_dir`` and the free part along ``u``."""
+    def _project(self, u, clamp, cue_dir, fallback=None):
+        """Unit vector with the clamped coordinates of ``cue_dir`` and the free part along ``u``.
+        Where the free part of ``u`` is zero (no direction to take), the free part of ``fallback``
+        (the current state) is kept, so that the result stays a unit vector."""
         if clamp is None:
             return self._normalise(u)
         free = u.masked_fill(clamp, 0.0)
+        if fallback is not None:
+            none = (free == 0).all(-1, keepdim=True)
+            free = torch.where(none, fallback.masked_fill(clamp, 0.0), free)
         fixed = cue_dir.masked_fill(~clamp, 0.0)
         room = torch.sqrt(torch.clamp(1.0 - (fixed * fixed).sum(-1, keepdim=True), min=0.0))
         return fixed + self._normalise(free) * room
@@ -532,7 +618,7 @@ class SphericalMemory(AssociativeMemory):
         cue_dir = self._normalise(cue)
         u = self._project(x, clamp, cue_dir)
         e0 = -self._merit(u)
-        cand = self._project(self._update_direction(u), clamp, cue_dir)
+        cand = self._project(self._update_direction(u), clamp, cue_dir, fallback=u)
         e1 = -self._merit(cand)
         bad = e1 > e0
         if bool(bad.any()):  # shorten non-descending steps along the arc (non-convex F only)
@@ -540,7 +626,7 @@ class SphericalMemory(AssociativeMemory):
             trial = cand
             for _ in range(30):
                 t *= 0.5
-                trial = torch.where(bad.unsqueeze(-1), self._project(u + t * (cand - u), clamp, cue_dir), trial)
+                trial = torch.where(bad.unsqueeze(-1), self._project(u + t * (cand - u), clamp, cue_dir, fallback=u), trial)
                 cand = torch.where(bad.unsqueeze(-1), trial, cand)
                 e1 = torch.where(bad, -self._merit(trial), e1)
                 bad = e1 > e0

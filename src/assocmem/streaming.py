@@ -368,15 +368,24 @@ class StreamingMemory:
         steps = max(p[1] for p in parts)
         state = torch.cat([p[0] for p in parts])
         conv = torch.cat([p[2] for p in parts])
-        if energy:
-            # pad each batch's trace with its final energy so the traces stack to (steps + 1, B)
-            es = [torch.cat([p[3], p[3][-1:].expand(steps + 1 - p[3].shape[0], -1)]) for p in parts]
-            en = torch.cat(es, dim=1)
-        else:
+        if not energy:
             en = torch.empty(0, state.shape[0])
-        if single:
-            return RecallResult(state[0], steps, conv[0], en[:, 0] if energy else en[:, :0].reshape(0))
-        return RecallResult(state, steps, conv, en)
+            return RecallResult(state[0], steps, conv[0], en[:, :0].reshape(0)) if single else RecallResult(state, steps, conv, en)
+
+        def trace() -> torch.Tensor:
+            # the final states' energies cost one more half pass (scores and log-sum-exp only), so they
+            # are computed when the trace is first read; rows that finished early share these values,
+            # and each batch's trace is padded with its final energy to stack to (steps + 1, B)
+            es = []
+            for xb, _, _, rows in parts:
+                final = self.energy(xb).to(xb.dtype)
+                en = torch.stack(rows + [final])
+                en = torch.where(torch.isnan(en), final.expand_as(en), en)
+                es.append(torch.cat([en, final.expand(steps + 1 - en.shape[0], -1)]))
+            en = torch.cat(es, dim=1)
+            return en[:, 0] if single else en
+
+        return RecallResult(state[0] if single else state, steps, conv[0] if single else conv, trace)
 
     def _recall_batch(self, x, max_steps, tol, energy):
         B = x.shape[0]
@@ -401,11 +410,4 @@ class StreamingMemory:
             steps = s
             if bool(converged.all()):
                 break
-        if not energy:
-            return x, steps, converged, None
-        # the last states' energies: one more half pass (scores and log-sum-exp only); rows that
-        # finished early share these final values
-        final = self.energy(x).to(cdt)
-        rows.append(final)
-        en = torch.stack(rows)
-        return x, steps, converged, torch.where(torch.isnan(en), final.expand_as(en), en)
+        return x, steps, converged, rows
