@@ -37,16 +37,30 @@ def register(sub):
 # ---------------------------------------------------------------------------------------------------
 # measurement helpers
 # ---------------------------------------------------------------------------------------------------
-def interleave(fns: dict, rounds: int, inner: int | dict = 1) -> dict:
+SETTLE_S = 0.15
+
+
+def interleave(fns: dict, rounds: int, inner: int | dict = 1, settle: float | None = None) -> dict:
     """Run each function once (warm-up), then ``rounds`` rounds of all of them in turn; return each
-    one's fastest round (seconds per call; ``inner`` calls per round, one number or per function)."""
+    one's fastest round (seconds per call; ``inner`` calls per round, one number or per function).
+
+    After a candidate whose name contains ``numpy`` (a multi-threaded OpenBLAS call) the machine is
+    left idle for ``settle`` seconds (default ``SETTLE_S``): OpenBLAS's worker threads spin for about
+    2^28 cycles (~0.1 s) after a call and would take a core from whichever candidate runs next
+    (measured: the kernel ran at 68 GFLOP/s right after numpy's 2048^2 matmul, at 105 after torch's
+    matmul or after itself). Torch's OpenMP workers spin only briefly and need no pause."""
+    settle = SETTLE_S if settle is None else settle
     for f in fns.values():
         f()
     best = {k: math.inf for k in fns}
     times = {k: [] for k in fns}
+    pause = False
     for _ in range(rounds):
         for k, f in fns.items():
             n = inner.get(k, 1) if isinstance(inner, dict) else inner
+            if pause and settle > 0:
+                time.sleep(settle)
+            pause = "numpy" in k
             t0 = time.perf_counter()
             for _ in range(n):
                 f()
