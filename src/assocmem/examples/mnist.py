@@ -22,7 +22,7 @@ MODELS = ("classical", "dense-power", "dense-exp", "modern", "spherical", "two-l
 SHAPE = (28, 28)
 # cue counts per model and corruption, chosen so that the whole demo runs in under 3 minutes on
 # 2 CPU cores (binary sweeps cost a (B, K) operation per neuron: 784 per sweep with K = 10,000)
-FULL_CUES = {"classical": 1000, "dense-power": 12, "dense-exp": 12, "modern": 1000, "spherical": 500, "two-layer": 64}
+FULL_CUES = {"classical": 1000, "dense-power": 32, "dense-exp": 32, "modern": 1000, "spherical": 500, "two-layer": 64}
 QUICK_CUES = {"classical": 500, "dense-power": 8, "dense-exp": 8, "modern": 1000, "spherical": 500, "two-layer": 32}
 # measured CPU milliseconds per cue and corruption at K = 10,000 (one thread): weights of the progress bar
 COST_MS = {"classical": 1, "dense-power": 750, "dense-exp": 750, "modern": 5, "spherical": 8, "two-layer": 240}
