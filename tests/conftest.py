@@ -18,3 +18,13 @@ def pm1(K, N, seed=0, dtype=torch.float32):
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test: on small tensors a second thread only adds wake-up
+    and synchronisation latency (milliseconds per op on a busy 2-core machine). Restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -32,13 +32,7 @@ from assocmem.lagrangians import Exp, LayerNorm, LogSumExp, Power, Quadratic, Sp
 from conftest import pm1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only add wake-up latency (ms per op on a loaded box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.one_thread)
 
 
 def _models(xi):

@@ -11,13 +11,7 @@ N_F, K = 200, 1000  # K = 5 N_f
 FLOOR_HZ = 0.5  # stated floor for the rate of every non-cued memory neuron (r0 = 1 Hz by default)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small batched matmuls: one thread avoids the synchronisation cost of two on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.one_thread)
 
 
 def _patterns(k, n, seed=0, a=0.5):

@@ -12,13 +12,7 @@ from assocmem.bio import ThresholdMemory, stability_bound
 from assocmem.lagrangians import Heaviside, Quadratic
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are small: one thread avoids the synchronisation cost of two on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.one_thread)
 
 
 def _tm(n_visible, n_hidden, seed, **kw):

@@ -41,12 +41,7 @@ FAST = 25
 SLOW = 600
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.one_thread)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,13 +25,7 @@ from assocmem.lagrangians import Exp, LogSumExp, Power, Quadratic, Tanh
 from conftest import pm1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: intra-op threads only add wake-up latency on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.one_thread)
 
 
 def flip(x, frac, seed):

@@ -56,7 +56,8 @@ def _dtype_name(dt: torch.dtype) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Atomic file operations: temp file in the same directory, fsync, os.replace, fsync the directory
 # ---------------------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path) -> None:
+    """Flush a directory entry (after a rename) to disk; a no-op where directories have no handle."""
     try:
         fd = os.open(str(path), os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory handles (Windows)

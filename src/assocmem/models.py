@@ -80,6 +80,15 @@ def _check_patterns(patterns, binary: bool) -> torch.Tensor:
     return p
 
 
+def _active_rows(converged, x, clamp, cue):
+    """The rows of a recall still moving: their indices, states, clamps and cues (no copies when all are)."""
+    active = (~converged).nonzero().flatten()
+    if active.numel() == x.shape[0]:
+        return active, x, clamp, cue
+    return (active, x.index_select(0, active), None if clamp is None else clamp.index_select(0, active),
+            cue.index_select(0, active))
+
+
 class AssociativeMemory(nn.Module):
     """Common verbs of every effective model: ``energy``, ``step``, ``recall``, ``as_network``.
 
@@ -164,13 +173,7 @@ class AssociativeMemory(nn.Module):
         converged = torch.zeros(B, dtype=torch.bool, device=x.device)
         steps = 0
         for s in range(1, max_steps + 1):
-            active = (~converged).nonzero().flatten()
-            if active.numel() == B:
-                xa, ca, cuea = x, c, cue_t
-            else:
-                xa = x.index_select(0, active)
-                ca = None if c is None else c.index_select(0, active)
-                cuea = cue_t.index_select(0, active)
+            active, xa, ca, cuea = _active_rows(converged, x, c, cue_t)
             new = self._step(xa.clone(), generator, ca, cuea)
             delta = (new - xa).abs().amax(-1) if new.numel() else new.new_zeros(new.shape[0])
             done = delta <= tol
@@ -209,13 +212,7 @@ class AssociativeMemory(nn.Module):
         rows = []  # rows[t]: energy of x_t for the rows still moving at step t + 1, NaN for the others
         steps = 0
         for s in range(1, max_steps + 1):
-            active = (~converged).nonzero().flatten()
-            if active.numel() == B:
-                xa, ca, cuea = x, c, cue_t
-            else:
-                xa = x.index_select(0, active)
-                ca = None if c is None else c.index_select(0, active)
-                cuea = cue_t.index_select(0, active)
+            active, xa, ca, cuea = _active_rows(converged, x, c, cue_t)
             new, e_in = self._step_with_energy(xa, generator, ca, cuea)
             self._check_finite(s - 1, xa, e_in)
             self._check_finite(s, new, e_in)

@@ -20,6 +20,7 @@ import torch
 
 from . import _kernels
 from ._validation import CorruptBankError, DivergenceError, as_batch, check_int, check_positive, check_tensor, describe
+from .bank import _fsync_dir
 from .models import RecallResult
 
 __all__ = ["MemmapBank", "write_bank", "streaming_retrieve", "StreamingMemory"]
@@ -31,19 +32,6 @@ _NP_STORAGE = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": 
 _BLOCK_BYTES = 64 << 20  # one checksum per 64 MiB of pattern data
 _VERIFY_AUTO_BYTES = 256 << 20  # MemmapBank(verify=None) checks every block of banks up to this size
 _MAX_HEADER = 100 << 20
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _header(K: int, N: int, st_dtype: str, itemsize: int, block_rows: int, checksums: list[str] | None) -> bytes:
