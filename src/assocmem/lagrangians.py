@@ -6,6 +6,7 @@ is batched over leading axes ((..., N) -> (...)) and written in overflow-free fo
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -42,7 +43,7 @@ def _softplus(y: torch.Tensor) -> torch.Tensor:
     return torch.clamp(y, min=0) + torch.log1p(torch.exp(-y.abs()))
 
 
-class Lagrangian(nn.Module):
+class Lagrangian(nn.Module, abc.ABC):
     """A convex (or honestly flagged non-convex) scalar function of one layer's currents.
 
     Subclasses give ``value`` (L, shape (...)), ``activation`` (dL/dx, shape of x), and where they
@@ -55,8 +56,9 @@ class Lagrangian(nn.Module):
     convex: bool = True  #: Hessian positive semi-definite everywhere (energy descent, KH eq. 4)
     bounded: bool = False  #: activation bounded, so that the energy is bounded below (KH sec. 2)
 
-    def value(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} must define value()")
+    @abc.abstractmethod
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """L(x), shape (...): every Lagrangian defines it."""
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         """Closed form of dL/dx; the base class uses autograd (a checked fallback)."""

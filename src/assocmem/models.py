@@ -7,6 +7,7 @@ SphericalMemory (Model C, KH eq. 17-22). Each has ``energy``, ``step``, ``recall
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -89,7 +90,7 @@ def _active_rows(converged, x, clamp, cue):
             cue.index_select(0, active))
 
 
-class AssociativeMemory(nn.Module):
+class AssociativeMemory(nn.Module, abc.ABC):
     """Common verbs of every effective model: ``energy``, ``step``, ``recall``, ``as_network``.
 
     ``patterns`` (K, N) is stored as the buffer ``xi``. Subclasses define ``_energy(x)`` and
@@ -202,9 +203,10 @@ class AssociativeMemory(nn.Module):
     # ``steps`` steps, and only the final states' energy is computed, when the trace is first read.
     _fused_energy = False
 
-    def _step_with_energy(self, x, generator, clamp, cue):  # pragma: no cover - abstract
-        """Return ``(next state, energy of x)``."""
-        raise NotImplementedError
+    def _step_with_energy(self, x, generator, clamp, cue):
+        """Return ``(next state, energy of x)``; models that set ``_fused_energy`` compute both in one
+        pass, this general form evaluates them separately."""
+        return self._step(x.clone(), generator, clamp, cue), self._energy(x)
 
     def _recall_fused(self, x, single, max_steps, tol, c, cue_t, generator) -> RecallResult:
         B = x.shape[0]
@@ -256,14 +258,17 @@ class AssociativeMemory(nn.Module):
 
         return save(self, path, layout=layout)
 
-    def as_network(self, tau_f: float = 1.0, tau_h: float = 0.01) -> TwoLayerNetwork:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def as_network(self, tau_f: float = 1.0, tau_h: float = 0.01) -> TwoLayerNetwork:
+        """The equivalent two-layer network (KH eq. 1) with this model's Lagrangians."""
 
-    def _energy(self, x):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _energy(self, x):
+        """Effective energy of validated states (B, N) -> (B,)."""
 
-    def _step(self, x, generator, clamp, cue):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _step(self, x, generator, clamp, cue):
+        """One update of validated states (B, N)."""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -86,8 +86,8 @@ def write_bank(path, patterns, *, dtype: torch.dtype | None = None, n_memories: 
     itemsize = torch.empty((), dtype=dtype).element_size()
     block_rows = max(1, _BLOCK_BYTES // (N * itemsize))
     n_blocks = -(-K // block_rows)
-    placeholder = ["0" * 32] * n_blocks if checksum else None
-    head = _header(K, N, st, itemsize, block_rows, placeholder)
+    zeros = ["0" * 32] * n_blocks if checksum else None  # digests written over these once computed
+    head = _header(K, N, st, itemsize, block_rows, zeros)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-memmap-", dir=directory)
     try:
