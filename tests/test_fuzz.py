@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -164,6 +165,9 @@ def call(fn, *args, **kwargs):
     except (ValueError, TypeError, DivergenceError) as e:
         msg = str(e)
         assert msg.strip(), f"{type(e).__name__} without a message"
+        # Python's own signature errors mean the fuzz call itself is wrong, not a validated rejection
+        assert not re.search(r"required (positional|keyword-only) argument|unexpected keyword argument|"
+                             r"positional arguments? but \d+ (were|was) given", msg), f"bad fuzz call of {name}: {msg}"
         event(f"{name}: {type(e).__name__}")
         raise Rejected(msg) from e
     event(f"{name}: result")
@@ -420,7 +424,7 @@ def fuzz_nn(data):
         elif kind == "pooling":
             layer = call(HopfieldPooling, size, num_heads=heads)
         else:
-            layer = call(HopfieldLayer, size, num_heads=heads)
+            layer = call(HopfieldLayer, size, data.draw(mostly([5, 1], [0, -1, 2.5]), "num_patterns"), num_heads=heads)
     except Rejected:
         return
     n = size

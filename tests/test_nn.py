@@ -560,6 +560,10 @@ def test_bad_forward_inputs_name_argument_and_shapes():
         hop(rnd(8), y)
     with pytest.raises(TypeError, match="state"):
         hop([[1.0] * 8])
+    with pytest.raises(TypeError, match=r"state: got tensor of shape \(2, 4, 8\) and dtype int64; expected a floating-point"):
+        hop(x.long(), y)  # found by the fuzz test: integer input reached SDPA's dtype error
+    with pytest.raises(TypeError, match=r"state: .*int64.*floating-point"):
+        HopfieldLayer(8, 5)(x.long())
     with pytest.raises(ValueError, match=r"stored: got"):
         AF.hopfield_retrieve(rnd(2, 3, 4), rnd(2, 5, 3))
     with pytest.raises(ValueError, match=r"mask: got tensor of shape \(3, 4\).*scores of shape \(2, 3, 5\)"):

@@ -258,6 +258,9 @@ class Hopfield(nn.Module):
             raise TypeError(f"values: got {describe(values)}; expected a torch.Tensor")
         if (stored.ndim != nd and stored.ndim != 2) or stored.shape[-1] != self.stored_size:
             self._bad_stored(state, stored)
+        for name, t in (("state", state), ("stored", stored), ("values", values)):
+            if not t.is_floating_point():
+                raise TypeError(f"{name}: got {describe(t)}; expected a floating-point tensor (convert with .float())")
         same_values = values is stored
         if not same_values and (values.shape[:-1] != stored.shape[:-1] or values.shape[-1] != self.value_size):
             raise ValueError(
