@@ -250,76 +250,78 @@ def ablation_figure(out: pathlib.Path, n_cues: int = 40) -> None:
     save_csv(rows, out / "bio_dendritic_ablation.csv")
 
 
-def _capacity(N, n, n_cues, criterion, k_max, seed, log):
-    """Largest K (within about 9 %) at which >= criterion of the cues are recalled exactly."""
-    cache = {}
-
-    def ok(K):
-        if K not in cache:
-            xi = _patterns(K, N, seed=seed + K)
-            f, _, _ = _exact(DendriticEIMemory(xi, n=n), xi, min(n_cues, K), seed=seed + K + 1, t_max=300.0)
-            cache[K] = f
-            log.append({"n_features": N, "n": n, "n_memories": K, "exact_recall": f})
-        return cache[K] >= criterion
-
-    lo, hi = None, None
-    K = max(4, N // 4)
-    while K <= k_max:
-        if ok(K):
-            lo = K
-            K *= 2
-        else:
-            hi = K
-            break
-    if lo is None:
-        return float("nan")
-    if hi is None:
-        return float(lo)  # at least k_max / 2: the search stopped
-    for _ in range(3):  # bisect in log space
-        mid = int(round(math.sqrt(lo * hi)))
-        if mid in (lo, hi):
-            break
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return float(lo)
+#: capacity plan: interaction power n -> (feature sizes N_f, k_min, k_max). The sweep of K starts at k_min
+#: and doubles until recall fails; an estimate that reaches k_max is censored (a lower bound).
+CAPACITY_PLAN = {2: ([50, 100, 200, 400], 32, 4000), 4: ([30, 42, 60, 85, 120], 128, 12000)}
+CAPACITY_SETTINGS = dict(flip=0.1, threshold=0.9, trials=3, probes=30, rel_tol=0.02, seed=0)
 
 
-def capacity_figure(out: pathlib.Path, n_cues: int = 40, criterion: float = 0.9, budget_s: float = 3000.0) -> None:
-    plan = {2: [50, 71, 100, 141, 200], 3: [50, 71, 100, 141, 200], 4: [40, 57, 80, 113, 160], 6: [30, 42, 60, 85]}
-    rows, log = [], []
+def capacity_figure(out: pathlib.Path, plan: dict | None = None, **settings) -> None:
+    """Capacity K vs N_f of the E/I dendritic model for several n, measured by the capacity lab
+    (``assocmem.capacity.capacity_scan(model="dendritic-ei", criterion="recall")``, the same search as
+    ``assocmem capacity --model dendritic-ei``), with the fitted exponent of log K vs log N_f per n."""
+    from assocmem.capacity import _jsonable, capacity_scan
+
+    plan = CAPACITY_PLAN if plan is None else plan
+    st = {**CAPACITY_SETTINGS, **settings}
+    rows, reports = [], {}
     t0 = time.time()
-    fits = {}
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    for n, sizes in plan.items():
-        caps = []
-        for N in tqdm(sizes, desc=f"capacity n = {n}"):
-            if time.time() - t0 > budget_s:
-                break
-            c = _capacity(N, n, n_cues, criterion, k_max=12000, seed=1000 * n + N, log=log)
-            caps.append((N, c))
-            rows.append({"n": n, "n_features": N, "capacity": c, "criterion": criterion, "cues": n_cues})
-        pts = [(N, c) for N, c in caps if c == c]
-        if len(pts) >= 2:
-            x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-            slope, icpt = np.polyfit(x, y, 1)
-            fits[n] = {"exponent": float(slope), "prefactor": float(math.exp(icpt)), "points": len(pts)}
-            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=f"n = {n}: K ~ N_f^{slope:.2f}")
-            xx = np.geomspace(min(p[0] for p in pts), max(p[0] for p in pts), 20)
-            ax.plot(xx, math.exp(icpt) * xx**slope, "-", color=line[0].get_color(), lw=1)
-    ax.plot([30, 200], [30, 200], "k:", lw=1, label="K = N_f")
+    fig, ax = plt.subplots(figsize=(7.0, 5.0))
+    for n, (sizes, k_min, k_max) in plan.items():
+        tn = time.time()
+        with tqdm(unit="eval", desc=f"capacity n = {n}") as bar:
+            rep = capacity_scan("dendritic-ei", sizes, "recall", progress=bar, n=n, k_min=k_min, k_max=k_max, **st)
+        d = rep.to_dict()
+        for r, row in zip(rep.results, d["results"]):
+            row["evaluations"] = [{"trial": t, "K": k, "recall": v} for t, k, v in r.evaluations]
+        d["seconds"] = round(time.time() - tn, 1)
+        d["cli"] = (f"assocmem capacity --model dendritic-ei --N {','.join(map(str, sizes))} --n {n} --criterion recall "
+                    f"--flip {st['flip']:g} --threshold {st['threshold']:g} --trials {st['trials']} --cues {st['probes']} "
+                    f"--k-min {k_min} --k-max {k_max} --rel-tol {st['rel_tol']:g} --seed {st['seed']} --threads 1")
+        reports[n] = d
+        for r in rep.results:
+            rows.append({"n": n, "n_features": r.N, "K": r.K, "K_std": r.K_std,
+                         "K_trials": ";".join(str(k) for k in r.K_trials),
+                         "censored_trials": sum(bool(c) for c in r.censored), "trials": len(r.K_trials),
+                         "evaluations": len(r.evaluations), "seconds": round(r.seconds, 1),
+                         "exponent": rep.exponent, "exponent_stderr": rep.exponent_stderr})
+        Ns = np.array([r.N for r in rep.results], float)
+        Ks = np.array([r.K for r in rep.results], float)
+        err = np.array([r.K_std for r in rep.results], float)
+        cens = np.array([any(r.censored) for r in rep.results])
+        se = "" if rep.exponent_stderr is None else f" ± {rep.exponent_stderr:.2f}"
+        lab = f"n = {n}: " + ("no fit" if rep.exponent is None else f"K ~ N_f^({rep.exponent:.2f}{se})") + f"  [heuristic n/2 = {n / 2:g}]"
+        eb = ax.errorbar(Ns[~cens], Ks[~cens], yerr=err[~cens], fmt="o", capsize=3, label=lab)
+        col = eb[0].get_color()
+        if cens.any():
+            ax.plot(Ns[cens], Ks[cens], "^", mfc="none", color=col, ms=9, label=f"n = {n}: censored at k_max (lower bound)")
+        ok = ~cens & (Ks > 0)
+        if rep.exponent is not None:
+            x, y = np.log(Ns[ok]), np.log(Ks[ok])
+            icpt = float(np.mean(y - rep.exponent * x))
+            xx = np.geomspace(Ns.min(), Ns.max(), 20)
+            ax.plot(xx, np.exp(icpt) * xx ** rep.exponent, "-", color=col, lw=1.2)
+            # the heuristic's slope n/2 through the same centre, for comparison
+            xc, yc = float(np.mean(x)), float(np.mean(y))
+            ax.plot(xx, np.exp(yc + n / 2 * (np.log(xx) - xc)), ":", color=col, lw=1)
+    ax.plot([], [], "k:", lw=1, label="slope n/2 (heuristic), through each series' centre")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ticks = sorted({N for sizes, _, _ in plan.values() for N in sizes})
+    ax.set_xticks(ticks, [str(N) for N in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("$N_f$ (feature neurons)")
-    ax.set_ylabel(f"capacity K ({int(100 * criterion)} % of {n_cues} cues exact, 10 % bits flipped)")
-    ax.set_title("polynomial capacity of the E/I dendritic model")
+    ax.set_ylabel(f"capacity K (≥ {st['threshold']:g} of {st['probes']} cues recalled exactly)")
+    ax.set_title(f"E/I dendritic model: capacity lab, {int(100 * st['flip'])} % of cue bits flipped, "
+                 f"{st['trials']} trials (bars: std)", fontsize=10)
     ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
     save_png(fig, out / "bio_dendritic_capacity.png")
     save_csv(rows, out / "bio_dendritic_capacity.csv")
-    save_json({"fits": fits, "criterion": criterion, "cues": n_cues, "evaluations": log,
-               "seconds": round(time.time() - t0, 1)}, out / "bio_dendritic_capacity.json")
+    save_json(_jsonable({"model": "dendritic-ei", "criterion": "recall", "settings": st,
+                         "reports": {str(n): d for n, d in reports.items()}, "seconds": round(time.time() - t0, 1),
+                         "torch_threads": torch.get_num_threads()}), out / "bio_dendritic_capacity.json")
 
 
 def main() -> None:
