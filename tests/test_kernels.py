@@ -270,3 +270,20 @@ def test_modern_recall_reuses_the_steps_log_sum_exp_exactly(mode):
     one = m.recall(q[3], max_steps=40, tol=1e-9)
     torch.testing.assert_close(one.energy, m.recall(q[3:4], max_steps=40, tol=1e-9).energy[:, 0])
     assert m.recall(q, max_steps=0).energy.shape == (1, 12)
+
+
+@pytest.mark.parametrize("kernel_time, expected", [(0.97, "torch"), (0.90, "numpy")])
+def test_calibration_needs_a_clear_win_to_leave_plain_torch(monkeypatch, kernel_time, expected):
+    """Equal speeds keep plain torch: the best of several kernel chunk sizes is biased low against a
+    single torch candidate, so the kernel must be KERNEL_MARGIN faster; torch is sampled as often."""
+    calls = {"torch": 0, "numpy": 0}
+
+    def fake_time(fn, n):
+        fn_is_torch = getattr(fn, "__name__", "") == "torch_path"
+        calls["torch" if fn_is_torch else "numpy"] += 1
+        return 1.0 if fn_is_torch else kernel_time
+
+    monkeypatch.setattr(K, "_time_min", fake_time)
+    path, chunk = K.calibrate(8, 16, 4096, rounds=2, save=False)
+    assert path == expected and (chunk > 0) == (expected == "numpy")
+    assert calls["torch"] == calls["numpy"]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from assocmem import DivergenceError, TwoLayerNetwork
@@ -27,6 +27,8 @@ PAIRS = [
     (lambda b: LayerNorm(), lambda b: LogSumExp(b)),
     (lambda b: LayerNorm(), lambda b: Tanh(b)),
 ]
+
+NONSMOOTH_H = {i for i, (_, lh) in enumerate(PAIRS) if isinstance(lh(1.0), RectifiedPower)}
 
 
 def make_net(seed, n_f, n_h, pair, beta, tau_ratio, dtype=torch.float64):
@@ -61,6 +63,7 @@ def test_energy_never_increases_along_rk4(seed, n_f, n_h, pair, beta, tau_ratio)
 
 
 @settings(max_examples=50)
+@example(seed=655, n_f=12, n_h=7, pair=4, beta=2.25, tau_ratio=0.2)  # a hidden current crosses 0 at step k
 @given(**net_cases)
 def test_energy_rate_of_eq4_matches_numerical_derivative(seed, n_f, n_h, pair, beta, tau_ratio):
     net, v0 = make_net(seed, n_f, n_h, pair, beta, tau_ratio)
@@ -72,9 +75,15 @@ def test_energy_rate_of_eq4_matches_numerical_derivative(seed, n_f, n_h, pair, b
     k = 20
     numeric = (tr.energy[k + 1] - tr.energy[k - 1]) / (2 * dt)
     analytic = net.energy_rate(tr.v[k], tr.h[k])
-    scale = analytic.abs() + 1e-6
-    assert torch.all((numeric - analytic).abs() <= 3e-3 * scale + 1e-6), (numeric, analytic)
     assert torch.all(analytic <= 1e-12)
+    # max(h, 0)^2 has a kink in its curvature at h = 0, so dE/dt (eq. 4) jumps when a hidden current
+    # crosses 0: a central difference across the crossing does not measure the derivative there
+    smooth = torch.ones(analytic.shape[0], dtype=torch.bool)
+    if pair in NONSMOOTH_H:
+        smooth = ~((tr.h[k - 1] > 0) != (tr.h[k + 1] > 0)).any(-1)
+    scale = analytic.abs() + 1e-6
+    ok = (numeric - analytic).abs() <= 3e-3 * scale + 1e-6
+    assert torch.all(ok | ~smooth), (numeric, analytic, smooth)
 
 
 @pytest.mark.parametrize("method", ["rk4", "euler", "dopri5", "bosh3"])
