@@ -349,16 +349,21 @@ def _class_key(B: int, N: int, M: int, K: int, dt: torch.dtype, kdt: torch.dtype
     return (str(dt), str(kdt), _bucket(B), _bucket(N), _bucket(M), min(_bucket(K), 17), threads)
 
 
-def _machine_id() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one, else what ``platform`` says)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def _machine_id() -> str:
+    cpu = cpu_model()
     blas = ",".join(f"{c.internal_api}-{c.version}" for c in _blas_controllers())
     raw = "|".join([cpu, str(os.cpu_count()), platform.python_version(), torch.__version__, np.__version__, blas])
     return hashlib.sha1(raw.encode()).hexdigest()[:16]

@@ -63,9 +63,6 @@ class RecallResult:
     def energy(self, value) -> None:
         self._energy = value
 
-    def __iter__(self):  # unpacking: state, steps, converged, energy = result
-        return iter((self.state, self.steps, self.converged, self.energy))
-
     def __repr__(self) -> str:
         return (f"RecallResult(state={self.state!r}, steps={self.steps}, converged={self.converged!r}, "
                 f"energy={self.energy!r})")
@@ -216,8 +213,8 @@ class AssociativeMemory(nn.Module, abc.ABC):
         for s in range(1, max_steps + 1):
             active, xa, ca, cuea = _active_rows(converged, x, c, cue_t)
             new, e_in = self._step_with_energy(xa, generator, ca, cuea)
-            self._check_finite(s - 1, xa, e_in)
-            self._check_finite(s, new, e_in)
+            self._check_finite(s - 1, None, e_in)  # xa was checked when it was produced (or validated)
+            self._check_finite(s, new, None)
             done = ((new - xa).abs().amax(-1) if new.numel() else new.new_zeros(new.shape[0])) <= tol
             if active.numel() == B:
                 rows.append(e_in)
@@ -233,7 +230,7 @@ class AssociativeMemory(nn.Module, abc.ABC):
 
         def trace() -> torch.Tensor:
             e_final = self._energy(final)
-            self._check_finite(steps, final, e_final)
+            self._check_finite(steps, None, e_final)  # the states were checked in the loop
             tr = torch.stack(rows + [e_final]) if rows else e_final.unsqueeze(0)
             tr = torch.where(torch.isnan(tr), e_final.expand_as(tr), tr)  # finished rows keep their energy
             return tr[:, 0] if single else tr
@@ -243,9 +240,11 @@ class AssociativeMemory(nn.Module, abc.ABC):
         return RecallResult(x, steps, converged, trace)
 
     @staticmethod
-    def _check_finite(step: int, x: torch.Tensor, e: torch.Tensor) -> None:
+    def _check_finite(step: int, x: torch.Tensor | None, e: torch.Tensor | None) -> None:
+        """Raise DivergenceError naming the step if the states ``x`` or energies ``e`` (either may be
+        None: already checked) hold NaN or +-inf (an energy of -inf is allowed)."""
         for what, t in (("feature state", x), ("energy", e)):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()) and not (
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()) and not (
                 what == "energy" and bool((torch.isfinite(t) | (t == float("-inf"))).all())
             ):
                 rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(-1).nonzero().flatten().tolist()

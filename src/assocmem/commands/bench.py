@@ -108,15 +108,9 @@ def peak_gflops(rounds: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from .._kernels import cpu_model
+
+    cpu = cpu_model()
     try:
         load = os.getloadavg()[0]
     except OSError:
