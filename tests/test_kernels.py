@@ -287,3 +287,19 @@ def test_calibration_needs_a_clear_win_to_leave_plain_torch(monkeypatch, kernel_
     path, chunk = K.calibrate(8, 16, 4096, rounds=2, save=False)
     assert path == expected and (chunk > 0) == (expected == "numpy")
     assert calls["torch"] == calls["numpy"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(Kk=st.integers(1, 20_000), chunk=st.integers(1, 5000), threads=st.integers(1, 8))
+def test_groups_tile_the_bank_evenly(Kk, chunk, threads):
+    """The thread groups cover 0:K in order without gaps, at most two per thread, of equal size up
+    to one row (so no thread waits on an unequal last group), each cut in equal chunks <= chunk."""
+    groups = K._groups(Kk, chunk, threads)
+    assert groups[0][0] == 0 and groups[-1][1] == Kk
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    assert len(groups) <= (2 * threads if threads > 1 else 1)
+    sizes = [hi - lo for lo, hi, _ in groups]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    for lo, hi, c in groups:
+        pieces = -(-(hi - lo) // c)
+        assert 1 <= c <= chunk and pieces * c - (hi - lo) < pieces  # the last piece is short by < 1 row per piece
