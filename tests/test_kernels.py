@@ -133,6 +133,8 @@ def test_dispatch_declines_what_it_does_not_handle():
     assert K.try_retrieve(q, k.T.contiguous().T, None, 1.0, None) is None  # non-contiguous bank
     assert K.try_retrieve(q.double(), k, None, 1.0, None) is None  # mixed float64 / float32
     assert K.try_retrieve(q, k, None, torch.tensor(1.0, requires_grad=True), None) is None
+    assert K.try_retrieve(q, k, None, torch.nn.Parameter(torch.tensor(1.0)), None) is None  # a learnt beta
+    assert K.try_retrieve(q, k, None, torch.tensor(1.0), None) is not None  # a plain tensor beta is fine
     K.set_mode("torch")
     assert K.try_retrieve(q, k, None, 1.0, None) is None
     K.set_mode("auto")
@@ -210,6 +212,21 @@ def test_unreadable_cache_is_ignored_and_rewritten():
     assert choice[0] in ("torch", "numpy")
 
 
+def test_cache_of_another_format_is_ignored(monkeypatch):
+    """Decisions taken by another kernel or calibration procedure are not reused: calibrate again."""
+    path = K.cache_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    key = json.dumps(list(K._class_key(8, 16, 16, 4096, torch.float32, torch.float32, K.kernel_threads())))
+    with open(path, "w") as fh:
+        json.dump({"format": K.CACHE_FORMAT - 1, "decisions": {key: ["numpy", 123]}}, fh)
+    monkeypatch.setattr(K, "calibrate", lambda *a, **k: ("torch", 0))
+    assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == ("torch", 0)
+    K.clear_cache()
+    with open(path, "w") as fh:
+        json.dump({"format": K.CACHE_FORMAT, "decisions": {key: ["numpy", 123]}}, fh)
+    assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == ("numpy", 123)
+
+
 def test_blas_threads_restored_after_kernel():
     ctl = K._blas_controllers()
     before = [c.num_threads for c in ctl]
@@ -272,21 +289,26 @@ def test_modern_recall_reuses_the_steps_log_sum_exp_exactly(mode):
     assert m.recall(q, max_steps=0).energy.shape == (1, 12)
 
 
+@pytest.mark.parametrize("drift", [1.0, 1.08, 0.93])
 @pytest.mark.parametrize("kernel_time, expected", [(0.97, "torch"), (0.90, "numpy")])
-def test_calibration_needs_a_clear_win_to_leave_plain_torch(monkeypatch, kernel_time, expected):
+def test_calibration_needs_a_clear_win_to_leave_plain_torch(monkeypatch, kernel_time, expected, drift):
     """Equal speeds keep plain torch: the best of several kernel chunk sizes is biased low against a
-    single torch candidate, so the kernel must be KERNEL_MARGIN faster; torch is sampled as often."""
+    single torch candidate, so the kernel must be KERNEL_MARGIN faster. Each kernel call is paired
+    with the torch calls around it, so a machine that slows down (or speeds up) by 8 % per call
+    during calibration does not change the decision (fastest-round timing would pick whatever ran
+    first, or last)."""
     calls = {"torch": 0, "numpy": 0}
 
     def fake_time(fn, n):
         fn_is_torch = getattr(fn, "__name__", "") == "torch_path"
         calls["torch" if fn_is_torch else "numpy"] += 1
-        return 1.0 if fn_is_torch else kernel_time
+        scale = drift ** (calls["torch"] + calls["numpy"])
+        return scale * (1.0 if fn_is_torch else kernel_time)
 
     monkeypatch.setattr(K, "_time_min", fake_time)
-    path, chunk = K.calibrate(8, 16, 4096, rounds=2, save=False)
+    path, chunk = K.calibrate(8, 16, 4096, rounds=3, save=False)
     assert path == expected and (chunk > 0) == (expected == "numpy")
-    assert calls["torch"] == calls["numpy"]
+    assert calls["torch"] == calls["numpy"] + 1  # one torch call before and after every kernel call
 
 
 @settings(max_examples=200, deadline=None)

@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from assocmem import (
     ClassicalHopfield,
@@ -90,6 +93,31 @@ def test_non_finite_inputs_are_rejected_at_the_boundary(bad):
     bad_xi[2, 2] = bad
     with pytest.raises(ValueError, match="patterns: 1 non-finite"):
         ModernHopfield(bad_xi)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("column", ["positive", "negative", "mixed", "zero"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("K", [20, 3000])  # the direct numpy update and the chunked kernel
+def test_modern_step_fast_path_still_rejects_non_finite_batches(bad, column, dtype, K):
+    """ModernHopfield.step screens only its result on ready (B, N) batches: every NaN or infinity in
+    the input must still come back as the input's ValueError, whatever the stored column it meets
+    (an infinity times a column of one sign gives scores of one sign, times zero gives NaN)."""
+    from assocmem import _kernels
+
+    xi = pm1(K, 16, seed=1).to(dtype)
+    xi[:, 5] = {"positive": 1.0, "negative": -1.0, "mixed": xi[:, 5], "zero": 0.0}[column]
+    m = ModernHopfield(xi, beta=0.5)
+    x = xi[:4].clone()
+    x[2, 5] = bad
+    mode = _kernels.get_mode()
+    _kernels.set_mode("numpy" if K > 1000 else "auto")
+    try:
+        with pytest.raises(ValueError, match="x: 1 non-finite value.*first at index \\(2, 5\\)"):
+            m.step(x)
+        torch.testing.assert_close(m.step(xi[:4]), m._step(xi[:4], None, None, xi[:4]))  # the fast path
+    finally:
+        _kernels.set_mode(mode)
 
 
 def test_numpy_scalars_are_not_promoted_to_vectors():
@@ -258,3 +286,22 @@ def test_seeded_results_are_bit_identical_across_fresh_processes(tmp_path):
     second = _run_fresh(env)  # this one reads the cache
     assert len(first) >= 10
     assert first == second, {k: (first[k], second.get(k)) for k in first if first[k] != second.get(k)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(0, 70_000), dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       special=st.sampled_from([None, float("nan"), float("inf"), -float("inf"), 3e38]), where=st.floats(0, 1),
+       grad=st.booleans())
+def test_all_finite_agrees_with_torch(n, dtype, special, where, grad):
+    """The numpy screen of small CPU tensors (max |x|) answers exactly what torch.isfinite(x).all()
+    does, for every dtype, size (empty, and past the screen's size limit) and special value, without
+    floating-point warnings (3e38 overflows float16/bfloat16 on conversion, and would a sum)."""
+    from assocmem._validation import all_finite
+
+    x = torch.linspace(-1e3, 1e3, n, dtype=torch.float64)
+    if special is not None and n:
+        x[min(n - 1, int(where * n))] = special
+    x = x.to(dtype).requires_grad_(grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all_finite(x) == bool(torch.isfinite(x).all())

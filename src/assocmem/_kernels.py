@@ -47,9 +47,12 @@ SMALL_WORK = 1 << 21
 TINY_WORK = 1 << 18
 # calibration picks the kernel only when it is at least 5 % faster than plain torch
 KERNEL_MARGIN = 0.95
+# version of the calibration procedure and kernel: cache files written by another version are ignored
+CACHE_FORMAT = 2
 _MODES = ("auto", "torch", "numpy")
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 _LOW = (torch.float16, torch.bfloat16)
+_F32, _F64, _Tensor = torch.float32, torch.float64, torch.Tensor
 
 _mode = os.environ.get("ASSOCMEM_KERNEL", "auto").strip().lower() or "auto"
 if _mode not in _MODES:
@@ -386,6 +389,8 @@ def _load_disk() -> None:
     try:
         with open(cache_path()) as fh:
             data = json.load(fh)
+        if data.get("format") != CACHE_FORMAT:
+            return  # decided by another kernel or calibration procedure: decide again
         for k, v in data.get("decisions", {}).items():
             key = tuple(json.loads(k))
             _decisions.setdefault(key, (str(v[0]), int(v[1])))
@@ -397,7 +402,7 @@ def _save_disk() -> None:
     path = cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = {"format": 1, "machine": _machine_id(), "torch": torch.__version__,
+        data = {"format": CACHE_FORMAT, "machine": _machine_id(), "torch": torch.__version__,
                 "decisions": {json.dumps(list(k)): list(v) for k, v in _decisions.items()}}
         fd, tmp = tempfile.mkstemp(prefix=".kernels-", dir=os.path.dirname(path))
         try:
@@ -462,10 +467,10 @@ def _time_min(fn, rounds: int) -> float:
 
 
 def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype = torch.float32,
-              kdtype: torch.dtype | None = None, threads: int | None = None, rounds: int = 3,
+              kdtype: torch.dtype | None = None, threads: int | None = None, rounds: int = 5,
               save: bool = True) -> tuple[str, int]:
     """Time plain torch against the chunked kernel (a few chunk sizes) on a problem of this shape
-    class, interleaving the candidates and keeping each one's fastest round (robust to other load on
+    class, each kernel call paired with the plain-torch calls around it (robust to other load on
     the machine). Stores and returns the decision ``(path, chunk)``."""
     M = N if M is None else M
     kdtype = dtype if kdtype is None else kdtype
@@ -481,32 +486,33 @@ def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype =
     qs = q.numpy()
     kn, bf16 = _np_view(keys)
     vn = None if values is None else _np_view(values)[0]
-    vt = keys if values is None else values
 
     def torch_path():
         kk = keys if kdtype == dtype else keys.to(dtype)
         vv = kk if values is None else (values if kdtype == dtype else values.to(dtype))
         return torch.softmax(q @ kk.T, dim=-1) @ vv
 
-    cands = {("torch", 0): torch_path}
-    for c in _chunk_candidates(B, N, M, Kp):
-        cands[("numpy", c)] = (lambda c=c: retrieve_numpy(qs, kn, vn, c, threads, bf16))
-    del vt
-    best = {k: math.inf for k in cands}
-    for fn in cands.values():  # warm-up (allocations, thread start)
+    kernels = {("numpy", c): (lambda c=c: retrieve_numpy(qs, kn, vn, c, threads, bf16))
+               for c in _chunk_candidates(B, N, M, Kp)}
+    torch_path()  # warm-up (allocations, thread start)
+    for fn in kernels.values():
         fn()
-    torch_key = ("torch", 0)
+    # Paired timings: every kernel candidate runs between two plain-torch calls and is scored by
+    # its time over theirs, so a machine that slows down or speeds up during calibration (other
+    # jobs, frequency changes) moves both sides of each ratio alike; the median ratio over the
+    # rounds decides. The best of several candidates is biased low against the single torch one,
+    # so the kernel must win by KERNEL_MARGIN, otherwise plain torch (no extra threads) stays.
+    ratios: dict = {k: [] for k in kernels}
+    before = _time_min(torch_path, 1)
     for _ in range(rounds):
-        for k, fn in cands.items():
-            if k == torch_key:
-                continue
-            best[k] = min(best[k], _time_min(fn, 1))
-            # plain torch is timed right after every kernel candidate: as many samples as they have
-            best[torch_key] = min(best[torch_key], _time_min(torch_path, 1))
-    # the fastest of several kernel candidates is biased low against one torch candidate when they
-    # are equally fast; the kernel must win by a margin, otherwise plain torch (no extra threads) stays
-    kernel = min((k for k in best if k != torch_key), key=best.get, default=None)
-    choice = kernel if kernel is not None and best[kernel] < KERNEL_MARGIN * best[torch_key] else torch_key
+        for k, fn in kernels.items():
+            t = _time_min(fn, 1)
+            after = _time_min(torch_path, 1)
+            ratios[k].append(2 * t / (before + after))
+            before = after
+    score = {k: float(np.median(v)) for k, v in ratios.items()}
+    kernel = min(score, key=score.get, default=None)
+    choice = kernel if kernel is not None and score[kernel] < KERNEL_MARGIN else ("torch", 0)
     with _lock:
         _decisions[key] = choice
     if save:
@@ -561,23 +567,22 @@ def try_retrieve(query, keys, values, beta, mask, return_lse: bool = False):
     kernel does not apply (masks, batched keys, non-CPU tensors, anything needing gradients,
     non-contiguous banks, small problems) and the caller should run plain torch. With
     ``return_lse`` returns ``(states, logsumexp(beta q k^T))``, the second at no extra cost."""
-    if (mask is not None or _mode == "torch" or type(query) is not torch.Tensor or type(keys) is not torch.Tensor
-            or query.ndim != 2 or keys.ndim != 2 or not query.is_cpu or not keys.is_cpu):
+    # cheapest rejections first: this runs on every retrieval, tiny ones included
+    if mask is not None or _mode == "torch" or type(query) is not _Tensor or type(keys) is not _Tensor:
         return None
     dt = query.dtype
     kdt = keys.dtype
-    if dt not in (torch.float32, torch.float64) or (kdt != dt and not (dt == torch.float32 and kdt in _LOW)):
+    if ((dt is not _F32 and dt is not _F64) or (kdt is not dt and not (dt is _F32 and kdt in _LOW))
+            or query.ndim != 2 or keys.ndim != 2 or not query.is_cpu or not keys.is_cpu):
         return None
-    if values is not None and (type(values) is not torch.Tensor or values.ndim != 2 or values.dtype != kdt
+    if values is not None and (type(values) is not _Tensor or values.ndim != 2 or values.dtype is not kdt
                                or not values.is_cpu or values.shape[0] != keys.shape[0]
                                or not values.is_contiguous()):
         return None
-    if torch.is_grad_enabled():
-        if query.requires_grad or keys.requires_grad or (values is not None and values.requires_grad):
-            return None
-        if isinstance(beta, torch.Tensor) and beta.requires_grad:
-            return None
-    if isinstance(beta, torch.Tensor):
+    if (query.requires_grad or keys.requires_grad or (values is not None and values.requires_grad)
+            or (isinstance(beta, _Tensor) and beta.requires_grad)) and torch.is_grad_enabled():
+        return None
+    if type(beta) is not float and isinstance(beta, torch.Tensor):
         if beta.numel() != 1 or not beta.is_cpu:
             return None
         beta = float(beta)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ._kernels import try_retrieve
+
 __all__ = ["retrieve", "attention_weights", "modern_energy", "lse_energy"]
 
 
@@ -29,8 +31,6 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
     With ``return_lse`` also returns ``logsumexp(beta q k^T)`` (...,  B), which the softmax computes
     anyway: the energy (KH eq. 13) of the query is then ``1/2 q.q - lse / beta`` at no extra product.
     """
-    from ._kernels import try_retrieve
-
     fast = try_retrieve(query, keys, values, beta, mask, return_lse)
     if fast is not None:
         return fast

@@ -44,11 +44,14 @@ def interleave(fns: dict, rounds: int, inner: int | dict = 1, settle: float | No
     """Run each function once (warm-up), then ``rounds`` rounds of all of them in turn; return each
     one's fastest round (seconds per call; ``inner`` calls per round, one number or per function).
 
-    After a candidate whose name contains ``numpy`` (a multi-threaded OpenBLAS call) the machine is
-    left idle for ``settle`` seconds (default ``SETTLE_S``): OpenBLAS's worker threads spin for about
-    2^28 cycles (~0.1 s) after a call and would take a core from whichever candidate runs next
-    (measured: the kernel ran at 68 GFLOP/s right after numpy's 2048^2 matmul, at 105 after torch's
-    matmul or after itself). Torch's OpenMP workers spin only briefly and need no pause."""
+    Every timed call comes right after an untimed call of the same function: what is measured is
+    the steady state of a loop calling it (as recall and training do), not the state the previous
+    candidate left behind (torch's OpenMP workers awake or asleep, freed memory returned to the OS
+    or kept by malloc, caches). After a candidate whose name contains ``numpy`` (a multi-threaded
+    OpenBLAS call) the machine is also left idle for ``settle`` seconds (default ``SETTLE_S``):
+    OpenBLAS's worker threads spin for about 2^28 cycles (~0.1 s) after a call and would take a core
+    from whichever candidate runs next (measured: the kernel ran at 68 GFLOP/s right after numpy's
+    2048^2 matmul, at 105 after torch's matmul or after itself)."""
     settle = SETTLE_S if settle is None else settle
     for f in fns.values():
         f()
@@ -61,6 +64,7 @@ def interleave(fns: dict, rounds: int, inner: int | dict = 1, settle: float | No
             if pause and settle > 0:
                 time.sleep(settle)
             pause = "numpy" in k
+            f()  # the untimed call before: steady state
             t0 = time.perf_counter()
             for _ in range(n):
                 f()
