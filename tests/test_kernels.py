@@ -81,6 +81,20 @@ def test_low_precision_banks_accumulate_in_float32(low):
     assert ((out.double() - r).abs().max() / r.abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize("mode", ["torch", "numpy", "auto"])
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_low_precision_bank_works_on_every_path(low, mode):
+    """functional.retrieve with a float32 query and a float16/bfloat16 bank gives the float32 result
+    of the rounded bank whichever path runs (plain torch must upcast the bank, as the kernel does)."""
+    K.set_mode(mode)
+    q, k, v = data(64, 64, 2000, M=24, seed=9)
+    for vals in (None, v.to(low)):
+        out, lse = AF.retrieve(q, k.to(low), vals, beta=2.0, return_lse=True)
+        r = ref(q, k.to(low).float(), None if vals is None else vals.float(), 2.0)
+        assert out.dtype == torch.float32 and ((out.double() - r).abs().max() / r.abs().max()) < 1e-5
+        torch.testing.assert_close(lse, torch.logsumexp(2.0 * q @ k.to(low).float().T, -1), rtol=1e-5, atol=1e-4)
+
+
 def test_deterministic_across_calls():
     q, k, _ = data(8, 32, 3000, seed=4)
     a = run_np(q, k, None, 2.0, 64, 2)

@@ -35,6 +35,10 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
     if fast is not None:
         return fast
     values = keys if values is None else values
+    if keys.dtype != query.dtype and keys.dtype in _LOW_PRECISION and query.is_floating_point():
+        keys = keys.to(query.dtype)  # a float16/bfloat16 bank: products accumulate in the query's dtype
+    if values.dtype != query.dtype and values.dtype in _LOW_PRECISION and query.is_floating_point():
+        values = values.to(query.dtype)
     if not return_lse:
         return torch.matmul(attention_weights(query, keys, beta, mask), values)
     scores = torch.matmul(query, keys.transpose(-1, -2)) * beta
