@@ -339,3 +339,20 @@ def test_groups_tile_the_bank_evenly(Kk, chunk, threads):
     for lo, hi, c in groups:
         pieces = -(-(hi - lo) // c)
         assert 1 <= c <= chunk and pieces * c - (hi - lo) < pieces  # the last piece is short by < 1 row per piece
+
+
+def test_retrieve_with_lse_keeps_gradients():
+    """With a graph to keep, return_lse runs out of place and differentiates like the reference."""
+    q, k, v = data(5, 12, 40, M=6, seed=12, dtype=torch.float64)
+    beta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    for need in ("q", "beta"):
+        qq = q.clone().requires_grad_(need == "q")
+        out, lse = AF.retrieve(qq, k, v, beta=beta if need == "beta" else 0.7, return_lse=True)
+        (out.square().sum() + lse.sum()).backward()
+        q2 = q.clone().requires_grad_(need == "q")
+        b2 = beta.detach().clone().requires_grad_(need == "beta")
+        s = (b2 if need == "beta" else 0.7) * q2 @ k.T
+        (((torch.softmax(s, -1) @ v).square().sum()) + torch.logsumexp(s, -1).sum()).backward()
+        got, want = (qq.grad, q2.grad) if need == "q" else (beta.grad, b2.grad)
+        torch.testing.assert_close(got, want)
+        beta.grad = None

@@ -41,7 +41,14 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
         values = values.to(query.dtype)
     if not return_lse:
         return torch.matmul(attention_weights(query, keys, beta, mask), values)
-    scores = torch.matmul(query, keys.transpose(-1, -2)) * beta
+    scores = torch.matmul(query, keys.transpose(-1, -2))
+    if mask is None and not (torch.is_grad_enabled() and (scores.requires_grad or isinstance(beta, torch.Tensor))):
+        # no graph to keep: the online-softmax passes in place on one buffer (as fast as softmax)
+        scores.mul_(beta)
+        m = scores.amax(-1, keepdim=True)
+        l = scores.sub_(m).exp_().sum(-1, keepdim=True)
+        return torch.matmul(scores, values).div_(l), (m + l.log()).squeeze(-1)
+    scores = scores * beta
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
