@@ -13,9 +13,17 @@ from ._kernels import try_retrieve
 __all__ = ["retrieve", "attention_weights", "modern_energy", "lse_energy"]
 
 
+def _beta_scores(query: torch.Tensor, keys: torch.Tensor, beta) -> torch.Tensor:
+    """beta * query @ keys^T, with beta applied to whichever of the query and the scores is smaller
+    (one pass over B x N instead of B x K when the memories outnumber the features)."""
+    if query.shape[-1] <= keys.shape[-2]:
+        return torch.matmul(query * beta, keys.transpose(-1, -2))
+    return torch.matmul(query, keys.transpose(-1, -2)) * beta
+
+
 def attention_weights(query: torch.Tensor, keys: torch.Tensor, beta, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(beta * query @ keys^T) over the memory axis; ``mask`` True marks memories to ignore."""
-    scores = torch.matmul(query, keys.transpose(-1, -2)) * beta
+    scores = _beta_scores(query, keys, beta)
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
     return torch.softmax(scores, dim=-1)
@@ -41,14 +49,12 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
         values = values.to(query.dtype)
     if not return_lse:
         return torch.matmul(attention_weights(query, keys, beta, mask), values)
-    scores = torch.matmul(query, keys.transpose(-1, -2))
-    if mask is None and not (torch.is_grad_enabled() and (scores.requires_grad or isinstance(beta, torch.Tensor))):
+    scores = _beta_scores(query, keys, beta)
+    if mask is None and not (torch.is_grad_enabled() and scores.requires_grad):
         # no graph to keep: the online-softmax passes in place on one buffer (as fast as softmax)
-        scores.mul_(beta)
         m = scores.amax(-1, keepdim=True)
         l = scores.sub_(m).exp_().sum(-1, keepdim=True)
         return torch.matmul(scores, values).div_(l), (m + l.log()).squeeze(-1)
-    scores = scores * beta
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
