@@ -100,9 +100,9 @@ def test_non_finite_inputs_are_rejected_at_the_boundary(bad):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("K", [20, 3000])  # the direct numpy update and the chunked kernel
 def test_modern_step_fast_path_still_rejects_non_finite_batches(bad, column, dtype, K):
-    """ModernHopfield.step screens only its result on ready (B, N) batches: every NaN or infinity in
-    the input must still come back as the input's ValueError, whatever the stored column it meets
-    (an infinity times a column of one sign gives scores of one sign, times zero gives NaN)."""
+    """Ready (B, N) batches skip the general input checks for one cheap finite screen: every NaN or
+    infinity in the input must still come back as the input's ValueError, whatever the stored column
+    it meets (an infinity times a column of one sign gives scores of one sign, times zero gives NaN)."""
     from assocmem import _kernels
 
     xi = pm1(K, 16, seed=1).to(dtype)
