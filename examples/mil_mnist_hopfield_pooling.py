@@ -16,10 +16,8 @@ import gzip
 import importlib.resources
 import io
 import json
-import os
 import pickle
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -169,19 +167,11 @@ def run(n_train_bags=5000, n_test_bags=1000, epochs=8, target=9, seed=0, batch_s
 
 # -- output -----------------------------------------------------------------------------------------------
 def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename over ``path``."""
+    """Temp file in the same folder, fsync, rename over ``path`` (assocmem's bank writer)."""
+    from assocmem.bank import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def figure(res) -> bytes:

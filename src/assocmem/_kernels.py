@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -404,17 +403,9 @@ def _save_disk() -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = {"format": CACHE_FORMAT, "machine": _machine_id(), "torch": torch.__version__,
                 "decisions": {json.dumps(list(k)): list(v) for k, v in _decisions.items()}}
-        fd, tmp = tempfile.mkstemp(prefix=".kernels-", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=0)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from .bank import atomic_write_bytes
+
+        atomic_write_bytes(path, json.dumps(data, indent=0).encode())
     except OSError:
         pass  # a read-only home: the decision still holds for this process
 

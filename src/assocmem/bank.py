@@ -129,6 +129,9 @@ def atomic_replace(path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp = Path(tmp)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the mode open() would give, not mkstemp's private 0600
         write(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)

@@ -1221,27 +1221,9 @@ def criterion_curve(model: str = "classical", N: int = 100, loads: Sequence[int]
 # output: CSV, JSON, PNG (each written atomically)
 # -------------------------------------------------------------------------------------------------
 def _atomic_write(path, data: bytes) -> None:
-    import os
-    import tempfile
+    from .bank import atomic_write_bytes
 
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=d)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _jsonable(x):

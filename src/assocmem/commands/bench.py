@@ -406,18 +406,9 @@ def print_table(rows, peak):
 
 
 def write_json_atomic(path: str, payload) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-bench-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..bank import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
 
 
 def run(args) -> int:
