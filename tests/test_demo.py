@@ -12,13 +12,7 @@ REQUIRED = {"model", "corruption", "n_memories", "exact_recall", "pixel_error", 
 EXAMPLE_KEYS = REQUIRED - {"pixel_error"}  # colours and embeddings have no pixels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These runs are small: one thread avoids a parallel-region start per tiny tensor operation."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors (conftest.one_thread)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
