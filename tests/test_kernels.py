@@ -4,6 +4,7 @@ softmax(beta q k^T) v for every path, dtype and chunking; the log-sum-exp merge;
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -208,7 +209,7 @@ def test_calibration_is_cached_on_disk_and_reused(tmp_path, monkeypatch):
     assert path.startswith(str(tmp_path / "cache"))
     data_ = json.loads(open(path).read())
     assert list(data_["decisions"].values()) == [list(choice)]
-    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # no temp left
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.startswith(".")]  # no temporary left
     K.clear_cache()  # forget in memory: the next decision must come from disk, without timing anything
     monkeypatch.setattr(K, "calibrate", lambda *a, **k: pytest.fail("recalibrated despite the cache"))
     assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == choice
@@ -356,3 +357,71 @@ def test_retrieve_with_lse_keeps_gradients():
         got, want = (qq.grad, q2.grad) if need == "q" else (beta.grad, b2.grad)
         torch.testing.assert_close(got, want)
         beta.grad = None
+
+
+# --- the compiled max / exp / sum step (assocmem._native) --------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, N, Kk, chunk", [(1, 8, 50, 7), (37, 64, 3000, 256), (256, 32, 5000, 1000)])
+def test_native_step_gives_the_numpy_kernels_result(dtype, B, N, Kk, chunk):
+    """The chunked kernel with the compiled step equals the kernel with numpy's step (and the float64
+    reference) to float rounding, for several chunkings and both dtypes."""
+    q, k, v = data(B, N, Kk, M=5, seed=21, dtype=dtype)
+    qs = (q * 3.0).numpy()
+    for vals in (None, v):
+        vn = None if vals is None else vals.numpy()
+        a = K.retrieve_numpy(qs, k.numpy(), vn, chunk, 2, native=True)
+        b = K.retrieve_numpy(qs, k.numpy(), vn, chunk, 2, native=False)
+        r = ref(q, k, vals, 3.0).numpy()
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert np.abs(a - b).max() <= tol * np.abs(r).max() and np.abs(a - r).max() <= tol * np.abs(r).max()
+
+
+def test_native_step_propagates_nan_like_numpy():
+    q, k, _ = data(4, 16, 900, seed=22)
+    q[2, 3] = float("nan")
+    with np.errstate(all="ignore"):
+        a = K.retrieve_numpy(q.numpy(), k.numpy(), None, 128, 2, native=True)
+    assert np.isnan(a[2]).all() and np.isfinite(a[[0, 1, 3]]).all()
+
+
+def test_native_step_is_built_where_a_compiler_is():
+    from assocmem import _native
+
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler on this machine: the kernel uses numpy's exp")
+    assert K._native_exp(np.float32) is not None and K._native_exp(np.float64) is not None
+    assert any(fns for fns in _native._by_tag.values())  # built (once per process) and self-tested
+
+
+def test_native_step_falls_back_without_compiler_or_when_switched_off(tmp_path, monkeypatch):
+    from assocmem import _native
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert _native.online_exp(str(tmp_path / "a"), "some cpu", np.float32) is None
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("ASSOCMEM_NATIVE", "0")
+    assert _native.online_exp(str(tmp_path / "b"), "some cpu", np.float32) is None
+    q, k, _ = data(8, 16, 2000, seed=23)  # the kernel still answers, through numpy
+    out = K.retrieve_numpy(q.numpy(), k.numpy(), None, 256, 2)
+    assert np.abs(out - ref(q, k, None, 1.0).numpy()).max() < 1e-5
+
+
+def test_native_refuses_a_foreign_library_file(tmp_path, monkeypatch):
+    """A file at the helper's cache path that is not the helper (garbage, or a library whose
+    function computes something else) is not used."""
+    from assocmem import _native
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setattr(_native, "_by_place", {})
+    monkeypatch.setattr(_native, "_by_tag", {})
+    cc = shutil.which("cc")
+    tag = _native._tag(cc, "cpu X")
+    (tmp_path / f"native-{tag}.so").write_bytes(b"not a shared library")
+    monkeypatch.setenv("CC", "cc")
+    assert _native.online_exp(str(tmp_path), "cpu X", np.float32) is None
+    wrong = _native.SOURCE.replace("acc += e;", "acc += 2 * e;")  # a library that sums wrongly
+    monkeypatch.setattr(_native, "_by_place", {})
+    monkeypatch.setattr(_native, "_by_tag", {})
+    monkeypatch.setattr(_native, "SOURCE", wrong)
+    assert _native.online_exp(str(tmp_path / "w"), "cpu X", np.float32) is None

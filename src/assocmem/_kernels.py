@@ -171,13 +171,15 @@ def _chunk_as(src: np.ndarray, c0: int, c1: int, dtype, bf16: bool, slot: str) -
 
 
 def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, lo: int, hi: int, chunk: int,
-                  bf16: bool = False, lse_only: bool = False):
+                  bf16: bool = False, lse_only: bool = False, native=None):
     """Rows lo:hi of the bank against the already scaled queries ``qs = beta q`` (B, N).
 
     Returns ``(m, l, acc)``: per query the largest score m (B,), sum of exp(score - m) l (B,) and
     the unnormalised output sum exp(score - m) values (B, M) ((B, 0) with ``lse_only``: only the
     first product is computed). The online update per chunk is
     ``m' = max(m, max s)``, ``l' = l e^{m - m'} + sum e^{s - m'}``, ``acc' = acc e^{m - m'} + e^{s - m'} V``.
+    ``native`` (from :func:`assocmem._native.online_exp`) does the max / exp / sum of a chunk in one
+    compiled call; without it numpy does them.
     """
     dt = qs.dtype
     B = qs.shape[0]
@@ -190,6 +192,7 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
     sfull = _workspace((B, chunk), dt, "s")
     tmp = _workspace((B, M), dt, "t")
     cm = _workspace((B,), dt, "cm")
+    rowsum = _workspace((B,), dt, "rowsum")
     first = True
     for c0 in range(lo, hi, chunk):
         c1 = min(c0 + chunk, hi)
@@ -197,6 +200,22 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
         vc = kc if (values is None or lse_only) else _chunk_as(values, c0, c1, dt, bf16, "v")
         s = sfull if c1 - c0 == chunk else _workspace((B, c1 - c0), dt, "s_tail")
         np.matmul(qs, kc.T, out=s)
+        if native is not None:
+            native(s, m, cm, rowsum)  # m <- m', s <- e^{s - m'}, cm <- e^{m - m'}, rowsum <- sum e^{s - m'}
+            if first:
+                l[:] = rowsum
+                if M:
+                    np.matmul(s, vc, out=acc)
+                first = False
+                continue
+            if M:
+                np.matmul(s, vc, out=tmp)
+            if not (cm == 1).all():
+                l *= cm
+                acc *= cm[:, None]
+            l += rowsum
+            acc += tmp
+            continue
         np.max(s, axis=1, out=cm)
         if first:
             m[:] = cm
@@ -224,6 +243,14 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
             acc += tmp
         m[:] = cm
     return m, l, acc
+
+
+def _native_exp(dtype):
+    """The compiled max / exp / sum step for ``dtype``, built beside the calibration cache (None
+    where it cannot be built; ``ASSOCMEM_NATIVE=0`` switches it off)."""
+    from . import _native
+
+    return _native.online_exp(os.path.dirname(cache_path()), cpu_model(), dtype)
 
 
 def merge_partials(parts):
@@ -283,13 +310,14 @@ def _groups(K: int, chunk: int, threads: int) -> list[tuple[int, int, int]]:
 
 def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, chunk: int, threads: int,
                    bf16: bool = False, lo: int = 0, hi: int | None = None, normalise: bool = True,
-                   lse_only: bool = False):
+                   lse_only: bool = False, native: bool = True):
     """The whole kernel: rows lo:hi of the bank against ``qs = beta q``, in ``threads`` threads.
     Returns the states (B, M), or the merged ``(m, l, acc)`` when ``normalise`` is False."""
     hi = keys.shape[0] if hi is None else hi
     groups = [(lo + a, lo + b, c) for a, b, c in _groups(hi - lo, chunk, threads)]
+    nat = _native_exp(qs.dtype) if native else None
     if threads <= 1 or len(groups) == 1:
-        parts = [partial_numpy(qs, keys, values, a, b, c, bf16, lse_only) for a, b, c in groups]
+        parts = [partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat) for a, b, c in groups]
     else:
         results: list = [None] * len(groups)
         counter = itertools.count()
@@ -300,7 +328,7 @@ def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, 
                 if g >= len(groups):
                     return
                 a, b, c = groups[g]
-                results[g] = partial_numpy(qs, keys, values, a, b, c, bf16, lse_only)
+                results[g] = partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat)
 
         pool = _get_pool(threads - 1)
         with _SingleThreadedBlas():
@@ -485,20 +513,31 @@ def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype =
 
     kernels = {("numpy", c): (lambda c=c: retrieve_numpy(qs, kn, vn, c, threads, bf16))
                for c in _chunk_candidates(B, N, M, Kp)}
+    t0 = time.perf_counter()
     torch_path()  # warm-up (allocations, thread start)
+    t0 = time.perf_counter() - t0
     for fn in kernels.values():
         fn()
+    # a round costs about 4 x (len(kernels)) calls: big proxies get fewer rounds (at least 3)
+    rounds = max(min(rounds, 3), min(rounds, int(3.0 / (4 * len(kernels) * max(t0, 1e-6)))))
     # Paired timings: every kernel candidate runs between two plain-torch calls and is scored by
     # its time over theirs, so a machine that slows down or speeds up during calibration (other
     # jobs, frequency changes) moves both sides of each ratio alike; the median ratio over the
     # rounds decides. The best of several candidates is biased low against the single torch one,
     # so the kernel must win by KERNEL_MARGIN, otherwise plain torch (no extra threads) stays.
+    # Each timed call follows an untimed call of the same function: the steady state of a loop of
+    # retrievals (right after a torch call, torch's OpenMP workers still spin and slow the kernel's
+    # threads by up to 20 %, a state that a recall loop never sees).
+    def steady(fn):
+        fn()
+        return _time_min(fn, 1)
+
     ratios: dict = {k: [] for k in kernels}
-    before = _time_min(torch_path, 1)
+    before = steady(torch_path)
     for _ in range(rounds):
         for k, fn in kernels.items():
-            t = _time_min(fn, 1)
-            after = _time_min(torch_path, 1)
+            t = steady(fn)
+            after = steady(torch_path)
             ratios[k].append(2 * t / (before + after))
             before = after
     score = {k: float(np.median(v)) for k, v in ratios.items()}
