@@ -8,6 +8,7 @@ decided per shape class by a one-time calibration, cached on disk (see ``cache_p
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -245,12 +246,22 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
     return m, l, acc
 
 
+_native_fns: dict = {}
+
+
 def _native_exp(dtype):
     """The compiled max / exp / sum step for ``dtype``, built beside the calibration cache (None
-    where it cannot be built; ``ASSOCMEM_NATIVE=0`` switches it off)."""
-    from . import _native
+    where it cannot be built; ``ASSOCMEM_NATIVE=0`` switches it off). Looked up once per setting
+    of the environment variables it depends on (this runs on every kernel call)."""
+    env = os.environ
+    key = (np.dtype(dtype).char, env.get("ASSOCMEM_NATIVE"), env.get("CC"), env.get("ASSOCMEM_CACHE_DIR"),
+           env.get("XDG_CACHE_HOME"), env.get("HOME"))
+    fn = _native_fns.get(key, False)
+    if fn is False:
+        from . import _native
 
-    return _native.online_exp(os.path.dirname(cache_path()), cpu_model(), dtype)
+        fn = _native_fns[key] = _native.online_exp(os.path.dirname(cache_path()), cpu_model(), dtype)
+    return fn
 
 
 def merge_partials(parts):
@@ -381,6 +392,7 @@ def _class_key(B: int, N: int, M: int, K: int, dt: torch.dtype, kdt: torch.dtype
     return (str(dt), str(kdt), _bucket(B), _bucket(N), _bucket(M), min(_bucket(K), 17), threads)
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one, else what ``platform`` says)."""
     cpu = platform.processor() or platform.machine()
@@ -394,6 +406,7 @@ def cpu_model() -> str:
     return cpu
 
 
+@functools.lru_cache(maxsize=None)
 def _machine_id() -> str:
     cpu = cpu_model()
     blas = ",".join(f"{c.internal_api}-{c.version}" for c in _blas_controllers())
