@@ -4,6 +4,7 @@ softmax(beta q k^T) v for every path, dtype and chunking; the log-sum-exp merge;
 import json
 import math
 import os
+import platform
 import shutil
 
 import numpy as np
@@ -376,6 +377,92 @@ def test_native_step_gives_the_numpy_kernels_result(dtype, B, N, Kk, chunk):
         assert np.abs(a - b).max() <= tol * np.abs(r).max() and np.abs(a - r).max() <= tol * np.abs(r).max()
 
 
+def check_step_row_by_row(f, dtype):
+    rng = np.random.default_rng(5)
+    lo = -120.0 if dtype == np.float32 else -800.0
+    tiny = 1.5 * np.finfo(dtype).tiny
+    for c in range(1, 41):
+        s = rng.uniform(lo, 10.0, size=(4, c)).astype(dtype)
+        if c > 1:  # a row of only -inf scores has no maximum to subtract (NaN, see the next test)
+            s[3, rng.integers(c)] = -np.inf
+        m = np.array([-np.inf, 0.0, 50.0, -np.inf], dtype=dtype)
+        with np.errstate(all="ignore"):
+            mn = np.maximum(m, s.max(axis=1))
+            want, want_alpha = np.exp(s - mn[:, None]), np.exp(m - mn)
+        alpha, rowsum = np.empty(4, dtype), np.empty(4, dtype)
+        f(s, m, alpha, rowsum)
+        rtol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_array_equal(m, mn)
+        np.testing.assert_allclose(alpha, want_alpha, rtol=rtol, atol=0)
+        np.testing.assert_allclose(s, want, rtol=rtol, atol=tiny)
+        np.testing.assert_allclose(rowsum, want.sum(axis=1), rtol=rtol * c, atol=c * tiny)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_step_matches_numpy_row_by_row(dtype):
+    """The compiled step against numpy's exp on rows of every length 1-40 (the vector body and the
+    tail), scores spread over the underflow range and -inf scores; previous maxima -inf, below and
+    above the chunk's. Results below e^-87 (float32; e^-708 float64), under 1.5x the smallest normal
+    number, may come back as 0; nothing else may differ beyond rounding."""
+    f = K._native_exp(dtype)
+    if f is None:
+        pytest.skip("no compiled step on this machine")
+    check_step_row_by_row(f, dtype)
+
+
+def test_native_step_without_avx2_matches_numpy(tmp_path, monkeypatch):
+    """The portable build (no AVX2/FMA: libm's vectorised exp with the same flush below e^-87) passes
+    the same comparison; on x86-64 it is built here by switching those instruction sets off."""
+    from assocmem import _native
+
+    if shutil.which("cc") is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs a C compiler on x86-64")
+    monkeypatch.setattr(_native, "_by_place", {})
+    monkeypatch.setattr(_native, "_by_tag", {})
+    monkeypatch.setattr(_native, "FLAGS", _native.FLAGS + ("-mno-avx2", "-mno-fma"))
+    for dtype in (np.float32, np.float64):
+        f = _native.online_exp(str(tmp_path), "cpu without avx2", dtype)
+        if f is None:
+            pytest.skip("this compiler cannot build the portable step (no libmvec)")
+        check_step_row_by_row(f, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_step_gives_nan_rows_for_nan_or_overflowed_scores(dtype):
+    """A NaN score, an overflowed +inf score or a NaN running maximum makes that row NaN (numpy's step
+    gives NaN there too); the other rows are untouched by it."""
+    f = K._native_exp(dtype)
+    if f is None:
+        pytest.skip("no compiled step on this machine")
+    s = np.zeros((4, 37), dtype)
+    s[0, 30] = np.nan
+    s[1, 5] = np.inf
+    m = np.array([0.0, 0.0, np.nan, 0.0], dtype=dtype)
+    alpha, rowsum = np.empty(4, dtype), np.empty(4, dtype)
+    f(s, m, alpha, rowsum)
+    assert np.isnan(s[:3]).all() and np.isnan(rowsum[:3]).all() and np.isnan(alpha[:3]).all()
+    assert (s[3] == 1).all() and rowsum[3] == 37 and alpha[3] == 1 and m[3] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_step_with_a_sharp_softmax(dtype):
+    """A large beta: nearly every exponential of every chunk underflows (the slow path of libm's exp,
+    flushed to 0 here). The kernel with the compiled step still equals numpy's step and the float64
+    reference, log-sum-exp included."""
+    q, k, _ = data(16, 32, 3000, seed=24, dtype=dtype)
+    beta = 40.0 if dtype == torch.float32 else 400.0
+    qs = (q * beta).numpy()
+    with np.errstate(all="ignore"):
+        a = K.retrieve_numpy(qs, k.numpy(), None, 256, 2, native=True, normalise=False)
+        b = K.retrieve_numpy(qs, k.numpy(), None, 256, 2, native=False, normalise=False)
+    r = ref(q.double(), k.double(), None, beta).numpy()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(K.finish(*a), r, rtol=0, atol=tol * np.abs(r).max())
+    np.testing.assert_allclose(K.finish(*b), r, rtol=0, atol=tol * np.abs(r).max())
+    lse = torch.logsumexp(beta * q.double() @ k.double().T, -1).numpy()
+    np.testing.assert_allclose(a[0] + np.log(a[1]), lse, rtol=tol, atol=0)
+
+
 def test_native_step_propagates_nan_like_numpy():
     q, k, _ = data(4, 16, 900, seed=22)
     q[2, 3] = float("nan")
@@ -420,7 +507,8 @@ def test_native_refuses_a_foreign_library_file(tmp_path, monkeypatch):
     (tmp_path / f"native-{tag}.so").write_bytes(b"not a shared library")
     monkeypatch.setenv("CC", "cc")
     assert _native.online_exp(str(tmp_path), "cpu X", np.float32) is None
-    wrong = _native.SOURCE.replace("acc += e;", "acc += 2 * e;")  # a library that sums wrongly
+    wrong = _native.SOURCE.replace("rowsum[b] = acc;", "rowsum[b] = 2 * acc;")  # a library that sums wrongly
+    assert wrong != _native.SOURCE
     monkeypatch.setattr(_native, "_by_place", {})
     monkeypatch.setattr(_native, "_by_tag", {})
     monkeypatch.setattr(_native, "SOURCE", wrong)
