@@ -1,6 +1,7 @@
 """The chunked online-softmax retrieval kernel (assocmem._kernels): equality with plain torch
 softmax(beta q k^T) v for every path, dtype and chunking; the log-sum-exp merge; dispatch rules
 (gradients, masks, tiny problems go to torch); the calibration cache on disk."""
+import ctypes.util
 import json
 import math
 import os
@@ -478,6 +479,45 @@ def test_native_step_is_built_where_a_compiler_is():
         pytest.skip("no C compiler on this machine: the kernel uses numpy's exp")
     assert K._native_exp(np.float32) is not None and K._native_exp(np.float64) is not None
     assert any(fns for fns in _native._by_tag.values())  # built (once per process) and self-tested
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_chunk_loop_equals_the_python_loop(dtype, monkeypatch):
+    """The whole chunk loop in one compiled call (products through numpy's cblas gemm) gives the
+    Python loop's result with the same compiled step: separate values of another width, values =
+    keys, the log-sum-exp only, a sub-range lo:hi with a short last chunk."""
+    if K._native_loop(dtype_np := (np.float32 if dtype == torch.float32 else np.float64)) is None:
+        pytest.skip("no compiled chunk loop here (no compiler or no cblas gemm in numpy's BLAS)")
+    q, k, v = data(19, 24, 2100, M=7, seed=25, dtype=dtype)
+    qs, kn, vn = (q * 2.0).numpy(), k.numpy(), v.numpy()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for vals, lse_only in ((vn, False), (None, False), (None, True), (vn, True)):
+        a = K.partial_numpy(qs, kn, vals, 130, 2011, 300, lse_only=lse_only, native=K._native_exp(dtype_np),
+                            loop=K._native_loop(dtype_np))
+        b = K.partial_numpy(qs, kn, vals, 130, 2011, 300, lse_only=lse_only, native=K._native_exp(dtype_np))
+        assert a[2].shape == b[2].shape == (19, 0 if lse_only else (7 if vals is not None else 24))
+        np.testing.assert_allclose(a[0] + np.log(a[1]), b[0] + np.log(b[1]), rtol=tol, atol=0)
+        if not lse_only:
+            got, want = K.finish(*a), K.finish(*b)  # (in place)
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+    monkeypatch.setattr(K, "_native_loop", lambda dt: None)  # the whole kernel, both ways
+    want = K.retrieve_numpy(qs, kn, vn, 256, 2)
+    monkeypatch.undo()
+    np.testing.assert_allclose(K.retrieve_numpy(qs, kn, vn, 256, 2), want, rtol=0, atol=tol * np.abs(want).max())
+
+
+def test_compiled_chunk_loop_refuses_a_library_without_gemm(tmp_path):
+    """No cblas gemm at the given path (a missing file, a library that is not a BLAS): no compiled
+    loop, the Python loop stays."""
+    from assocmem import _native
+
+    if K._native_exp(np.float32) is None:
+        pytest.skip("no compiled step on this machine")
+    d = os.path.dirname(K.cache_path())
+    assert _native.chunk_loop(d, K.cpu_model(), np.float32, str(tmp_path / "missing.so")) is None
+    libm = ctypes.util.find_library("m")
+    if libm:
+        assert _native.chunk_loop(d, K.cpu_model(), np.float32, libm) is None
 
 
 def test_native_step_falls_back_without_compiler_or_when_switched_off(tmp_path, monkeypatch):

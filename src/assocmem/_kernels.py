@@ -172,7 +172,7 @@ def _chunk_as(src: np.ndarray, c0: int, c1: int, dtype, bf16: bool, slot: str) -
 
 
 def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, lo: int, hi: int, chunk: int,
-                  bf16: bool = False, lse_only: bool = False, native=None):
+                  bf16: bool = False, lse_only: bool = False, native=None, loop=None):
     """Rows lo:hi of the bank against the already scaled queries ``qs = beta q`` (B, N).
 
     Returns ``(m, l, acc)``: per query the largest score m (B,), sum of exp(score - m) l (B,) and
@@ -180,16 +180,23 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
     first product is computed). The online update per chunk is
     ``m' = max(m, max s)``, ``l' = l e^{m - m'} + sum e^{s - m'}``, ``acc' = acc e^{m - m'} + e^{s - m'} V``.
     ``native`` (from :func:`assocmem._native.online_exp`) does the max / exp / sum of a chunk in one
-    compiled call; without it numpy does them.
+    compiled call; without it numpy does them. ``loop`` (from :func:`assocmem._native.chunk_loop`)
+    runs the whole loop below in one compiled call (banks already in ``qs``'s dtype, C-contiguous).
     """
     dt = qs.dtype
     B = qs.shape[0]
     M = 0 if lse_only else (values if values is not None else keys).shape[1]
+    if hi <= lo:
+        return np.full(B, -np.inf, dtype=dt), np.zeros(B, dtype=dt), np.zeros((B, M), dtype=dt)
+    vals = keys if (values is None or lse_only) else values
+    if (loop is not None and not bf16 and keys.dtype == dt and vals.dtype == dt and keys.flags.c_contiguous
+            and vals.flags.c_contiguous and qs.flags.c_contiguous):
+        m, l, acc = np.empty(B, dtype=dt), np.empty(B, dtype=dt), np.empty((B, M), dtype=dt)
+        loop(qs, keys, vals, lo, hi, chunk, m, l, acc)
+        return m, l, acc
     m = np.full(B, -np.inf, dtype=dt)
     l = np.zeros(B, dtype=dt)
     acc = np.zeros((B, M), dtype=dt)
-    if hi <= lo:
-        return m, l, acc
     sfull = _workspace((B, chunk), dt, "s")
     tmp = _workspace((B, M), dt, "t")
     cm = _workspace((B,), dt, "cm")
@@ -264,6 +271,28 @@ def _native_exp(dtype):
     return fn
 
 
+_loop_fns: dict = {}
+
+
+def _native_loop(dtype):
+    """The compiled chunk loop for ``dtype`` with numpy's BLAS (None where it cannot be had: no
+    compiled helper, a BLAS without ``cblas_?gemm``, a failed self-test); cached like
+    :func:`_native_exp`."""
+    env = os.environ
+    key = (np.dtype(dtype).char, env.get("ASSOCMEM_NATIVE"), env.get("CC"), env.get("ASSOCMEM_CACHE_DIR"),
+           env.get("XDG_CACHE_HOME"), env.get("HOME"))
+    fn = _loop_fns.get(key, False)
+    if fn is False:
+        from . import _native
+
+        blas = _blas_controllers()
+        fn = None
+        if _native_exp(dtype) is not None and blas:
+            fn = _native.chunk_loop(os.path.dirname(cache_path()), cpu_model(), dtype, str(blas[0].filepath))
+        _loop_fns[key] = fn
+    return fn
+
+
 def merge_partials(parts):
     """Log-sum-exp merge of partial results ``(m, l, acc)`` in the given (fixed) order; works on
     numpy arrays and on torch tensors alike. Returns the merged ``(m, l, acc)``."""
@@ -327,8 +356,9 @@ def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, 
     hi = keys.shape[0] if hi is None else hi
     groups = [(lo + a, lo + b, c) for a, b, c in _groups(hi - lo, chunk, threads)]
     nat = _native_exp(qs.dtype) if native else None
+    loop = _native_loop(qs.dtype) if nat is not None else None
     if threads <= 1 or len(groups) == 1:
-        parts = [partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat) for a, b, c in groups]
+        parts = [partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop) for a, b, c in groups]
     else:
         results: list = [None] * len(groups)
         counter = itertools.count()
@@ -339,7 +369,7 @@ def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, 
                 if g >= len(groups):
                     return
                 a, b, c = groups[g]
-                results[g] = partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat)
+                results[g] = partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop)
 
         pool = _get_pool(threads - 1)
         with _SingleThreadedBlas():

@@ -1,8 +1,9 @@
-"""The retrieval kernel's per-chunk softmax step (KH eq. 16: the exponentials of the online
-log-sum-exp) as a small C function, compiled on first use with the system C compiler so that the
-exponentials run through glibc's vectorised ``exp`` (libmvec, ~0.75 ns per float32 against numpy's
-~2 ns). Where no compiler, no libmvec or no writable cache is found, :func:`online_exp` returns
-None and :mod:`assocmem._kernels` does the same step with numpy.
+"""The retrieval kernel's compiled parts (KH eq. 16 as an online log-sum-exp over chunks of the
+bank): the per-chunk max / exp / row-sum step (AVX2+FMA polynomial exp for float32, glibc's
+vectorised libm exp otherwise) and the whole chunk loop around it with the products through numpy's
+own BLAS (``cblas_?gemm``). Compiled on first use with the system C compiler and self-tested against
+numpy; where that fails (no compiler, no libmvec, no cblas symbol, no writable cache) the functions
+here return None and :mod:`assocmem._kernels` does the same work with numpy.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["online_exp", "SOURCE", "FLAGS"]
+__all__ = ["online_exp", "chunk_loop", "SOURCE", "FLAGS"]
 
 # One row at a time: m[b] <- max(m[b], max_j s[b, j]); s[b, :] <- exp(s[b, :] - m_new);
 # alpha[b] <- exp(m_old - m_new) (0 when m_old = -inf); rowsum[b] <- sum_j s[b, j]. A row whose new
@@ -154,6 +155,42 @@ void NAME(T *s, long B, long c, long ld, T *m, T *alpha, T *rowsum) {           
 }
 ONLINE_EXP(online_exp_f32, float, row_max_f32, row_exp_f32, expf)
 ONLINE_EXP(online_exp_f64, double, row_max_f64, row_exp_f64, exp)
+
+/* The kernel's whole chunk loop over rows lo:hi of the bank (no Python, no GIL between the chunks):
+   s = qs keys_c^T, the step above, acc <- alpha acc + s values_c (the BLAS accumulates: beta = 1).
+   The products go through the caller's cblas ?gemm: 64-bit integers (ILP64) or 32-bit. M = 0: the
+   log-sum-exp only. On return m, l (B,) and acc (B x M) hold the partial result of the rows. */
+#define GEMM(T, G, ilp, tb, Mr, Nc, Kk, A, lda, Bp, ldb, beta, C, ldc)                       \
+    do {                                                                                  \
+        if (ilp) ((void (*)(int, int, int, long, long, long, T, const T *, long, const T *, \
+                            long, T, T *, long))(G))(101, 111, tb, Mr, Nc, Kk, (T)1, A,   \
+                                                     lda, Bp, ldb, beta, C, ldc);         \
+        else ((void (*)(int, int, int, int, int, int, T, const T *, int, const T *, int,   \
+                        T, T *, int))(G))(101, 111, tb, (int)(Mr), (int)(Nc), (int)(Kk),  \
+                                          (T)1, A, (int)(lda), Bp, (int)(ldb), beta, C,   \
+                                          (int)(ldc));                                    \
+    } while (0)
+#define CHUNK_LOOP(NAME, T, STEP)                                                          \
+void NAME(const T *qs, const T *keys, const T *values, long B, long N, long M, long lo,   \
+          long hi, long chunk, T *s, T *m, T *l, T *acc, T *alpha, T *rowsum, void *gemm,  \
+          int ilp64) {                                                                    \
+    for (long b = 0; b < B; b++) { m[b] = -INFINITY; l[b] = 0; }                          \
+    for (long i = 0; i < B * M; i++) acc[i] = 0;                                          \
+    for (long c0 = lo; c0 < hi; c0 += chunk) {                                            \
+        long c = hi - c0 < chunk ? hi - c0 : chunk;                                       \
+        const T *kc = keys + c0 * N, *vc = values + c0 * M;                               \
+        GEMM(T, gemm, ilp64, 112, B, c, N, qs, N, kc, N, (T)0, s, c);                     \
+        STEP(s, B, c, c, m, alpha, rowsum);                                               \
+        for (long b = 0; b < B; b++) {                                                    \
+            T a = alpha[b];                                                               \
+            if (a != (T)1) { T *r = acc + b * M; for (long j = 0; j < M; j++) r[j] *= a; } \
+            l[b] = l[b] * a + rowsum[b];                                                  \
+        }                                                                                 \
+        if (M) GEMM(T, gemm, ilp64, 111, B, M, c, s, c, vc, M, (T)1, acc, M);             \
+    }                                                                                     \
+}
+CHUNK_LOOP(chunk_loop_f32, float, online_exp_f32)
+CHUNK_LOOP(chunk_loop_f64, double, online_exp_f64)
 """
 # -march=native: built on the machine that runs it (the file name carries the CPU model);
 # -fopenmp-simd lets the pragmas above vectorise the loops with libmvec's exp; the sum is
@@ -164,6 +201,8 @@ FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapp
 _lock = threading.Lock()
 _by_place: dict[tuple, object] = {}  # (cache directory, $CC, cpu) -> {dtype: function} or None
 _by_tag: dict[str, object] = {}  # build tag -> the same: one build and load per process
+_tls = threading.local()
+_loops: dict[tuple, object] = {}  # (place, dtype, BLAS) -> checked chunk loop or None
 
 
 def _tag(cc: str, cpu: str) -> str:
@@ -202,6 +241,12 @@ def _load(path: str) -> dict | None:
                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         f.restype = None
         fns[np.dtype(dt)] = f
+    loops = {}
+    for dt, name in ((np.float32, "chunk_loop_f32"), (np.float64, "chunk_loop_f64")):
+        f = getattr(lib, name)
+        f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 6 + [ctypes.c_void_p] * 7 + [ctypes.c_int]
+        f.restype = None
+        loops[("loop", np.dtype(dt))] = f
     # a self-test against numpy before anything relies on it (a miscompiled or foreign file is refused)
     for dt, f in fns.items():
         s = np.linspace(-30, 5, 37, dtype=dt).reshape(1, 37).repeat(3, axis=0)
@@ -216,7 +261,83 @@ def _load(path: str) -> dict | None:
                 and np.allclose(s, want_s, rtol=1e-5, atol=tiny)
                 and np.allclose(rowsum, want_s.sum(1), rtol=1e-5, atol=s.shape[1] * tiny)):
             return None
+    fns.update(loops)  # checked with a BLAS in chunk_loop
     return fns
+
+
+def _gemm_symbol(blas_path: str, dtype) -> tuple[int, bool] | None:
+    """The address of ``cblas_?gemm`` in the BLAS library at ``blas_path`` (numpy's) and whether it
+    takes 64-bit integers (the ``64_``-suffixed ILP64 builds numpy's wheels ship), or None."""
+    x = "s" if np.dtype(dtype) == np.float32 else "d"
+    try:
+        lib = ctypes.CDLL(blas_path)
+    except OSError:
+        return None
+    for name in (f"scipy_cblas_{x}gemm64_", f"cblas_{x}gemm64_", f"cblas_{x}gemm"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            return ctypes.cast(fn, ctypes.c_void_p).value, name.endswith("64_")
+    return None
+
+
+def _loop_checks(loop, dtype) -> bool:
+    """The chunk loop against a float64 softmax on a small problem (three chunks, the last short;
+    separate values, values = keys, and the log-sum-exp only)."""
+    rng = np.random.default_rng(0)
+    qs = rng.standard_normal((3, 5)).astype(dtype) * 4
+    keys = rng.standard_normal((40, 5)).astype(dtype)
+    vals = rng.standard_normal((40, 3)).astype(dtype)
+    tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+    sc = qs.astype(np.float64) @ keys.astype(np.float64).T
+    p = np.exp(sc - sc.max(1, keepdims=True))
+    lse = np.log(p.sum(1)) + sc.max(1)
+    p /= p.sum(1, keepdims=True)
+    for v, M in ((vals, 3), (keys, 5), (keys, 0)):
+        m, l, acc = np.empty(3, dtype), np.empty(3, dtype), np.empty((3, M), dtype)
+        loop(qs, keys, v, 0, 40, 16, m, l, acc)
+        want = p @ v[:, :M].astype(np.float64)
+        if not (np.allclose(m + np.log(l), lse, rtol=tol, atol=0)
+                and (M == 0 or np.allclose(acc / l[:, None], want, rtol=tol, atol=tol))):
+            return False
+    return True
+
+
+def chunk_loop(directory: str, cpu: str, dtype, blas_path: str | None) -> object | None:
+    """``f(qs, keys, values, lo, hi, chunk, m, l, acc)``: the kernel's chunk loop over rows lo:hi in
+    one compiled call, the products through ``cblas_?gemm`` of the BLAS at ``blas_path`` (numpy's);
+    ``values`` may be ``keys``; ``acc`` of width 0 computes the log-sum-exp only. ``m``, ``l``,
+    ``acc`` are written (no need to initialise). None where the helper, the BLAS symbol or the
+    self-test against a float64 softmax fails (then the chunk loop stays in Python)."""
+    step = online_exp(directory, cpu, dtype)
+    if step is None or blas_path is None:
+        return None
+    key = (directory, os.environ.get("CC", "cc"), cpu, np.dtype(dtype).char, blas_path)
+    fn = _loops.get(key, False)
+    if fn is not False:
+        return fn
+    with _lock:
+        fns = _by_place.get((directory, os.environ.get("CC", "cc"), cpu))
+        raw = fns.get(("loop", np.dtype(dtype))) if fns else None
+        sym = _gemm_symbol(blas_path, dtype)
+        fn = None
+        if raw is not None and sym is not None:
+            gemm, ilp64 = sym
+            dt = np.dtype(dtype)
+
+            def fn(qs, keys, values, lo, hi, chunk, m, l, acc, _raw=raw):
+                B, N = qs.shape
+                ws = getattr(_tls, "ws", None)
+                if ws is None or ws[0].size < B * chunk or ws[1].size < B or ws[0].dtype != dt:
+                    ws = _tls.ws = (np.empty(B * chunk, dt), np.empty(B, dt), np.empty(B, dt))
+                s, alpha, rowsum = ws  # per-thread scratch: scores of a chunk, alpha, row sums
+                _raw(qs.ctypes.data, keys.ctypes.data, values.ctypes.data, B, N, acc.shape[1], lo, hi, chunk,
+                     s.ctypes.data, m.ctypes.data, l.ctypes.data, acc.ctypes.data, alpha.ctypes.data,
+                     rowsum.ctypes.data, gemm, int(ilp64))
+
+            if not _loop_checks(fn, dtype):
+                fn = None
+        _loops[key] = fn
+    return fn
 
 
 def _call(f, s: np.ndarray, m: np.ndarray, alpha: np.ndarray, rowsum: np.ndarray) -> None:
