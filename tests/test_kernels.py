@@ -520,6 +520,38 @@ def test_compiled_chunk_loop_refuses_a_library_without_gemm(tmp_path):
         assert _native.chunk_loop(d, K.cpu_model(), np.float32, libm) is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, N, Kk, M", [(1, 64, 1000, None), (3, 13, 37, 7), (2, 8, 9, 100), (1, 5, 3, 1),
+                                          (4, 70, 501, 64), (1, 1, 1, None)])
+def test_small_path_equals_numpy_and_the_reference(dtype, B, N, Kk, M, monkeypatch):
+    """Tiny problems run as one compiled call (no BLAS): equal to the numpy form of the same update
+    and to the float64 reference, log-sum-exp included, for key/value widths that exercise the
+    8-key and 64/8-column blocks and their tails, a sharp softmax and a non-contiguous query."""
+    if K._native_get("small", dtype) is None:
+        pytest.skip("no compiled helper on this machine")
+    q, k, v = data(B, N, Kk, M=M, seed=26, dtype=dtype)
+    eps = torch.finfo(dtype).eps
+    for beta in (0.7, 300.0):
+        # rounding of a score is ~eps * beta * sum_j |q_j k_j|, and moves its weight by that much
+        cond = beta * float((q.abs().double() @ k.abs().double().T).max())
+        tol = max(1e-5 if dtype == torch.float32 else 1e-12, 8 * eps * cond)
+        for qq in (q, q.T.contiguous().T):
+            out, lse = K._tiny(qq, k, v, beta, return_lse=True)
+            assert out.dtype == lse.dtype == dtype and out.shape == (B, N if M is None else M) and lse.shape == (B,)
+            r = ref(q, k, v, beta)
+            want_lse = torch.logsumexp(beta * q.double() @ k.double().T, -1)
+            torch.testing.assert_close(out.double(), r, rtol=0, atol=tol * float(r.abs().max()))
+            torch.testing.assert_close(lse.double(), want_lse, rtol=tol, atol=tol)
+            with monkeypatch.context() as mp:
+                mp.setenv("ASSOCMEM_NATIVE", "0")  # the numpy form
+                assert K._native_get("small", dtype) is None
+                out2 = K._tiny(qq, k, v, beta)
+            torch.testing.assert_close(out, out2, rtol=0, atol=tol * float(r.abs().max()))
+    q[0, 0] = float("nan")
+    out = K._tiny(q, k, v, 1.0)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
+
+
 def test_native_step_falls_back_without_compiler_or_when_switched_off(tmp_path, monkeypatch):
     from assocmem import _native
 

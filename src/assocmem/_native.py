@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["online_exp", "chunk_loop", "SOURCE", "FLAGS"]
+__all__ = ["online_exp", "chunk_loop", "small_retrieve", "SOURCE", "FLAGS"]
 
 # One row at a time: m[b] <- max(m[b], max_j s[b, j]); s[b, :] <- exp(s[b, :] - m_new);
 # alpha[b] <- exp(m_old - m_new) (0 when m_old = -inf); rowsum[b] <- sum_j s[b, j]. A row whose new
@@ -27,6 +27,7 @@ __all__ = ["online_exp", "chunk_loop", "SOURCE", "FLAGS"]
 # chunk lands there. The terms dropped are below 1.6e-38 of the row's largest term (float32).
 SOURCE = r"""
 #include <math.h>
+#include <stdlib.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -60,6 +61,29 @@ static T NAME(T *r, long c, T mn) {                                             
 }
 ROW_MAX(row_max_f64, double)
 ROW_EXP(row_exp_f64, double, exp, -708.0)
+/* s_k = beta q.key_k for k < K; out += sum_k s_k value_k (out: M entries) */
+#define DOTS(NAME, T)                                                                     \
+static void NAME(const T *q, const T *keys, long N, long K, T beta, T *s) {              \
+    for (long k = 0; k < K; k++) {                                                        \
+        const T *kk = keys + k * N;                                                       \
+        T d = 0;                                                                          \
+        _Pragma("omp simd reduction(+:d)")                                                \
+        for (long j = 0; j < N; j++) d += q[j] * kk[j];                                   \
+        s[k] = beta * d;                                                                  \
+    }                                                                                     \
+}
+#define AXPYS(NAME, T)                                                                    \
+static void NAME(const T *s, const T *values, long M, long K, T *out) {                  \
+    for (long k = 0; k < K; k++) {                                                        \
+        const T *vk = values + k * M;                                                     \
+        T e = s[k];                                                                       \
+        if (e == (T)0) continue;                                                          \
+        _Pragma("omp simd")                                                               \
+        for (long j = 0; j < M; j++) out[j] += e * vk[j];                                 \
+    }                                                                                     \
+}
+DOTS(dots_f64, double)
+AXPYS(axpys_f64, double)
 
 #if defined(__AVX2__) && defined(__FMA__)
 /* float32 with AVX2 + FMA: e^x for x <= 0 by the Cephes expf polynomial on x - n ln 2 and 2^n added
@@ -129,9 +153,73 @@ static float row_exp_f32(float *r, long c, float mn) {
     }
     return acc;
 }
+/* eight keys per pass over q: eight independent FMA chains (four would wait on the FMA latency)
+   and one horizontal-add tree for the eight dot products */
+static void dots_f32(const float *q, const float *keys, long N, long K, float beta, float *s) {
+    long n8 = N & ~7L, k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const float *kp = keys + k * N;
+        __m256 a[8];
+        for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+        for (long j = 0; j < n8; j += 8) {
+            __m256 x = _mm256_loadu_ps(q + j);
+            for (int i = 0; i < 8; i++) a[i] = _mm256_fmadd_ps(x, _mm256_loadu_ps(kp + i * N + j), a[i]);
+        }
+        __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+        if (n8 < N) {
+            float t[8];
+            _mm256_storeu_ps(t, r);
+            for (int i = 0; i < 8; i++)
+                for (long j = n8; j < N; j++) t[i] += q[j] * kp[i * N + j];
+            r = _mm256_loadu_ps(t);
+        }
+        _mm256_storeu_ps(s + k, _mm256_mul_ps(r, _mm256_set1_ps(beta)));
+    }
+    for (; k < K; k++) {
+        const float *kk = keys + k * N;
+        float d = 0;
+        for (long j = 0; j < N; j++) d += q[j] * kk[j];
+        s[k] = beta * d;
+    }
+}
+/* out (M) += sum_k s_k value_k: 64 columns at a time in eight registers over all keys (eight
+   independent FMA chains), then 8 at a time, then the last columns */
+static void axpys_f32(const float *s, const float *values, long M, long K, float *out) {
+    long j0 = 0;
+    for (; j0 + 64 <= M; j0 += 64) {
+        __m256 o[8];
+        for (int i = 0; i < 8; i++) o[i] = _mm256_loadu_ps(out + j0 + 8 * i);
+        for (long k = 0; k < K; k++) {
+            if (s[k] == 0.0f) continue;
+            __m256 e = _mm256_set1_ps(s[k]);
+            const float *v = values + k * M + j0;
+            for (int i = 0; i < 8; i++) o[i] = _mm256_fmadd_ps(e, _mm256_loadu_ps(v + 8 * i), o[i]);
+        }
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + j0 + 8 * i, o[i]);
+    }
+    for (; j0 + 8 <= M; j0 += 8) {
+        __m256 o0 = _mm256_loadu_ps(out + j0), o1 = _mm256_setzero_ps();
+        long k = 0;
+        for (; k + 2 <= K; k += 2) {
+            o0 = _mm256_fmadd_ps(_mm256_set1_ps(s[k]), _mm256_loadu_ps(values + k * M + j0), o0);
+            o1 = _mm256_fmadd_ps(_mm256_set1_ps(s[k + 1]), _mm256_loadu_ps(values + (k + 1) * M + j0), o1);
+        }
+        if (k < K) o0 = _mm256_fmadd_ps(_mm256_set1_ps(s[k]), _mm256_loadu_ps(values + k * M + j0), o0);
+        _mm256_storeu_ps(out + j0, _mm256_add_ps(o0, o1));
+    }
+    for (long k = 0; k < K && j0 < M; k++) {
+        float e = s[k];
+        const float *v = values + k * M;
+        for (long j = j0; j < M; j++) out[j] += e * v[j];
+    }
+}
 #else
 ROW_MAX(row_max_f32, float)
 ROW_EXP(row_exp_f32, float, expf, -87.0f)
+DOTS(dots_f32, float)
+AXPYS(axpys_f32, float)
 #endif
 
 #define ONLINE_EXP(NAME, T, ROW_MAX_FN, ROW_EXP_FN, EXP)                                  \
@@ -191,6 +279,42 @@ void NAME(const T *qs, const T *keys, const T *values, long B, long N, long M, l
 }
 CHUNK_LOOP(chunk_loop_f32, float, online_exp_f32)
 CHUNK_LOOP(chunk_loop_f64, double, online_exp_f64)
+
+/* A whole small retrieval without BLAS (problems that fit in L2, where a library call costs more
+   than the arithmetic): per query s_k = beta q.key_k, the step above, out = sum_k e_k value_k / l,
+   lse = m + log l (not written where lse is NULL). The K scores live in a per-thread buffer that
+   grows as needed. Returns 0, or -1 when that buffer cannot be allocated. */
+#define SMALL(NAME, T, DOTS_FN, ROW_MAX_FN, ROW_EXP_FN, AXPYS_FN, LOG)                    \
+int NAME(const T *q, const T *keys, const T *values, long B, long N, long M, long K,      \
+         T beta, T *out, T *lse) {                                                        \
+    static __thread T *s = 0;                                                             \
+    static __thread long cap = 0;                                                         \
+    if (cap < K) {                                                                        \
+        T *p = (T *)realloc(s, (size_t)K * sizeof(T));                                    \
+        if (!p) return -1;                                                                \
+        s = p;                                                                            \
+        cap = K;                                                                          \
+    }                                                                                     \
+    for (long b = 0; b < B; b++) {                                                        \
+        T *ob = out + b * M;                                                              \
+        DOTS_FN(q + b * N, keys, N, K, beta, s);                                          \
+        int nan;                                                                          \
+        T mx = ROW_MAX_FN(s, K, &nan);                                                    \
+        if (nan || !isfinite(mx)) {                                                       \
+            for (long j = 0; j < M; j++) ob[j] = NAN;                                     \
+            if (lse) lse[b] = NAN;                                                        \
+            continue;                                                                     \
+        }                                                                                 \
+        T l = ROW_EXP_FN(s, K, mx);                                                       \
+        for (long j = 0; j < M; j++) ob[j] = 0;                                           \
+        AXPYS_FN(s, values, M, K, ob);                                                    \
+        for (long j = 0; j < M; j++) ob[j] /= l;                                          \
+        if (lse) lse[b] = mx + LOG(l);                                                    \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+SMALL(small_f32, float, dots_f32, row_max_f32, row_exp_f32, axpys_f32, logf)
+SMALL(small_f64, double, dots_f64, row_max_f64, row_exp_f64, axpys_f64, log)
 """
 # -march=native: built on the machine that runs it (the file name carries the CPU model);
 # -fopenmp-simd lets the pragmas above vectorise the loops with libmvec's exp; the sum is
@@ -262,7 +386,57 @@ def _load(path: str) -> dict | None:
                 and np.allclose(rowsum, want_s.sum(1), rtol=1e-5, atol=s.shape[1] * tiny)):
             return None
     fns.update(loops)  # checked with a BLAS in chunk_loop
+    for dt, name, ct in ((np.float32, "small_f32", ctypes.c_float), (np.float64, "small_f64", ctypes.c_double)):
+        f = getattr(lib, name)
+        f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4 + [ct] + [ctypes.c_void_p] * 2
+        f.restype = ctypes.c_int
+        small = _small_wrapper(f, dt)
+        if not _small_checks(small, dt):
+            return None
+        fns[("small", np.dtype(dt))] = small
     return fns
+
+
+def _small_wrapper(f, dt):
+    """``small(q, keys, values, beta, out, lse)`` on data pointers (``lse`` may be 0); the call
+    costs ~1 us, so the caller passes tensors' ``data_ptr()`` (numpy's ``.ctypes.data`` is 1.7 us
+    per array). Raises MemoryError when the score buffer cannot be had."""
+
+    def small(q, keys, values, B, N, M, K, beta, out, lse):
+        if f(q, keys, values, B, N, M, K, beta, out, lse):
+            raise MemoryError(f"assocmem: no memory for {K} scores")
+
+    return small
+
+
+def _small_checks(small, dtype) -> bool:
+    """The small-problem retrieval against a float64 softmax (separate values and values = keys)."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((3, 9)).astype(dtype)
+    keys = rng.standard_normal((21, 9)).astype(dtype)
+    vals = rng.standard_normal((21, 4)).astype(dtype)
+    tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+    sc = 1.5 * q.astype(np.float64) @ keys.astype(np.float64).T
+    p = np.exp(sc - sc.max(1, keepdims=True))
+    lse = np.log(p.sum(1)) + sc.max(1)
+    p /= p.sum(1, keepdims=True)
+    for v in (vals, keys):
+        out, got_lse = np.empty((3, v.shape[1]), dtype), np.empty(3, dtype)
+        small(q.ctypes.data, keys.ctypes.data, v.ctypes.data, 3, 9, v.shape[1], 21, 1.5, out.ctypes.data,
+              got_lse.ctypes.data)
+        if not (np.allclose(got_lse, lse, rtol=tol, atol=0) and np.allclose(out, p @ v, rtol=tol, atol=tol)):
+            return False
+    return True
+
+
+def small_retrieve(directory: str, cpu: str, dtype) -> object | None:
+    """``f(q, keys, values, B, N, M, K, beta, out, lse)``: a whole retrieval of a small problem (it
+    should fit in L2) in one compiled call without BLAS, on data pointers of C-contiguous arrays of
+    ``dtype`` (``lse`` may be 0: not computed); None where the helper is unavailable."""
+    if online_exp(directory, cpu, dtype) is None:
+        return None
+    fns = _by_place.get((directory, os.environ.get("CC", "cc"), cpu))
+    return fns.get(("small", np.dtype(dtype))) if fns else None
 
 
 def _gemm_symbol(blas_path: str, dtype) -> tuple[int, bool] | None:
