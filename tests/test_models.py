@@ -264,3 +264,19 @@ def test_large_beta_and_n_do_not_overflow():
         assert torch.equal(torch.sign(r.state), X[:6]), type(m).__name__
     e = DenseAssociativeMemory(X, F="power", n=20).energy(X[:2])
     assert torch.isfinite(e).all() and (e < 0).all()
+
+
+def test_recall_never_returns_or_writes_the_callers_tensor():
+    """Recall's state is a new tensor (also when no step is taken, and for a ready float batch that
+    skips the input copy); the cue is left as it was."""
+    g = torch.Generator().manual_seed(40)
+    xi = torch.randint(0, 2, (50, 16), generator=g).float() * 2 - 1
+    for model in (ModernHopfield(xi, beta=0.5), DenseAssociativeMemory(xi, n=3)):
+        cue = xi[:4].clone()
+        cue[:, :3] *= -1
+        keep = cue.clone()
+        for steps in (0, 1, 5):
+            r = model.recall(cue, max_steps=steps)
+            assert r.state is not cue and r.state.data_ptr() != cue.data_ptr()
+            r.state.add_(1.0)
+            assert torch.equal(cue, keep)

@@ -201,9 +201,10 @@ class AssociativeMemory(nn.Module, abc.ABC):
         B = x.shape[0]
         c = self._prepare_clamp(clamp, B)
         cue_t = x
-        x = x.clone()
-        if self._fused_energy:
+        if self._fused_energy:  # writes no state in place: no copy (a torch copy of B x N wakes torch's
+            # OpenMP workers, whose spinning slowed the first step's kernel threads by ~30 %)
             return self._recall_fused(x, single, max_steps, tol, c, cue_t, generator)
+        x = x.clone()
         e = self._energy(x)
         self._check_finite(0, x, e)
         energies = [e]
@@ -264,6 +265,8 @@ class AssociativeMemory(nn.Module, abc.ABC):
             steps = s
             if bool(converged.all()):
                 break
+        if x is cue_t:  # no step taken: the result must not be the caller's tensor
+            x = x.clone()
         final = x
 
         def trace() -> torch.Tensor:
