@@ -222,3 +222,5 @@ def test_streaming_memory_recall_matches_modern_hopfield(tmp_path):
     torch.testing.assert_close(sm.energy(cue).double(), ref.energy[0].double(), rtol=1e-5, atol=1e-4)
     none = StreamingMemory(b, beta=1.0).recall(cue, max_steps=0)
     assert none.steps == 0 and torch.equal(none.state, cue)
+    none.state.add_(1.0)  # a new tensor, not the caller's cue
+    assert not torch.equal(none.state, cue)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from . import _kernels
-from ._validation import CorruptBankError, DivergenceError, as_batch, check_int, check_positive, check_tensor, describe
+from ._validation import (CorruptBankError, DivergenceError, all_finite, as_batch, check_int, check_positive, check_tensor,
+                          describe)
 from .bank import _fsync_dir
-from .models import RecallResult
+from .models import RecallResult, _active_rows, _half_sq_norm, _max_abs_change
 
 __all__ = ["MemmapBank", "write_bank", "streaming_retrieve", "StreamingMemory"]
 
@@ -354,8 +355,8 @@ class StreamingMemory:
         bs = self.batch_size or x.shape[0]
         parts = [self._recall_batch(x[i:i + bs], max_steps, tol, energy) for i in range(0, x.shape[0], bs)]
         steps = max(p[1] for p in parts)
-        state = torch.cat([p[0] for p in parts])
-        conv = torch.cat([p[2] for p in parts])
+        state = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        conv = torch.cat([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
         if not energy:
             en = torch.empty(0, state.shape[0])
             return RecallResult(state[0], steps, conv[0], en[:, :0].reshape(0)) if single else RecallResult(state, steps, conv, en)
@@ -382,20 +383,27 @@ class StreamingMemory:
         converged = torch.zeros(B, dtype=torch.bool)
         rows = []  # row s: energy of x_s for the rows still moving at pass s + 1, NaN for finished ones
         steps = 0
+        # the per-step bookkeeping avoids torch ops on B x N (they wake torch's OpenMP workers,
+        # whose spinning slows the next retrieval: see models._max_abs_change)
         for s in range(1, max_steps + 1):
-            active = (~converged).nonzero().flatten()
-            xa = x.index_select(0, active)
+            active, xa, _, _ = _active_rows(converged, x, None, x)
             new, lse = streaming_retrieve(xa, self.bank, self.beta, self.chunk_size, return_lse=True)
-            if not bool(torch.isfinite(new).all()):
+            if not all_finite(new):
                 raise DivergenceError(f"recall produced non-finite states at step {s}")
-            if energy:
-                e = torch.full((B,), math.nan, dtype=cdt)
-                e[active] = 0.5 * (xa * xa).sum(-1) - lse / self.beta
-                rows.append(e)
-            done = (new - xa).abs().amax(-1) <= tol
-            x = x.index_copy(0, active, new)
-            converged = converged.index_copy(0, active, done)
+            done = _max_abs_change(new, xa) <= tol
+            if active.numel() == B:
+                if energy:
+                    rows.append(_half_sq_norm(xa) - lse / self.beta)
+                x, converged = new, done
+            else:
+                if energy:
+                    e = torch.full((B,), math.nan, dtype=cdt)
+                    rows.append(e.index_copy(0, active, _half_sq_norm(xa) - lse / self.beta))
+                x = x.index_copy(0, active, new)
+                converged = converged.index_copy(0, active, done)
             steps = s
             if bool(converged.all()):
                 break
+        if steps == 0:  # x may still be (a view of) the caller's tensor
+            x = x.clone()
         return x, steps, converged, rows

@@ -259,7 +259,7 @@ def case_recall(rounds):
     t = interleave({"recall": lambda: m.recall(cue, max_steps=steps, tol=0.0),
                     "stream_recall": lambda: sm.recall(cue, max_steps=steps, tol=0.0),
                     "stream_recall_noenergy": lambda: sm.recall(cue, max_steps=steps, tol=0.0, energy=False),
-                    "step": lambda: m.step(cue)}, max(2, rounds // 2))
+                    "step": lambda: m.step(cue)}, max(2, rounds))
     one = t["step"]["min"]
     return [{"case": f"ModernHopfield.recall {steps} steps", "ours_s": t["recall"]["min"], "bare_s": steps * one,
              "ratio_vs_bare": t["recall"]["min"] / (steps * one), "steps": steps},
