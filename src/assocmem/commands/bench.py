@@ -57,7 +57,7 @@ def interleave(fns: dict, rounds: int, inner: int | dict = 1, settle: float | No
         f()
     best = {k: math.inf for k in fns}
     times = {k: [] for k in fns}
-    pause = False
+    pause = "numpy" in list(fns)[-1]  # the warm-up's last call
     for _ in range(rounds):
         for k, f in fns.items():
             n = inner.get(k, 1) if isinstance(inner, dict) else inner
@@ -71,7 +71,14 @@ def interleave(fns: dict, rounds: int, inner: int | dict = 1, settle: float | No
             dt = (time.perf_counter() - t0) / n
             times[k].append(dt)
             best[k] = min(best[k], dt)
-    return {k: {"min": best[k], "median": float(np.median(times[k]))} for k in fns}
+    return {k: {"min": best[k], "median": float(np.median(times[k])), "times": times[k]} for k in fns}
+
+
+def paired_ratio(t: dict, ours: str, ref: str, scale: float = 1.0) -> float:
+    """Median over the rounds of ``ours / (scale * ref)`` timed in the same round: on a machine whose
+    speed drifts (other tenants, frequency) this moves less than the ratio of the two fastest rounds,
+    which may come from different moments."""
+    return float(np.median([a / (scale * b) for a, b in zip(t[ours]["times"], t[ref]["times"])]))
 
 
 def _status_kib(field: str) -> int | None:
@@ -183,8 +190,14 @@ def case_retrieval(shapes, rounds, plain=True):
                "model_step_fraction_of_peak": fl / t["model_step"]["min"] / peak,
                "peak_mib": peak_extra_mib(lambda: AF.retrieve(q, X, beta=beta)), "relative_error": err,
                "path": _path_name(q, X, beta)}
+        peaks = [min(a, b) for a, b in zip(t["peak_torch"]["times"], t["peak_numpy"]["times"])]
+        row["fraction_of_peak_paired_median"] = float(np.median([p / o for p, o in zip(peaks, t["ours"]["times"])])
+                                                      * fl / (2 * 2048 ** 3))
+        row["model_step_fraction_of_peak_paired_median"] = float(
+            np.median([p / o for p, o in zip(peaks, t["model_step"]["times"])]) * fl / (2 * 2048 ** 3))
         if plain:
             row["plain_s"] = t["plain_torch"]["min"]
+            row["speedup_vs_plain_paired_median"] = 1 / paired_ratio(t, "ours", "plain_torch")
             row["speedup_vs_plain"] = t["plain_torch"]["min"] / ours
             row["model_step_speedup_vs_plain"] = t["plain_torch"]["min"] / t["model_step"]["min"]
         rows.append(row)
@@ -199,7 +212,7 @@ def _path_name(q, X, beta) -> str:
             return "torch"
     B, N = q.shape
     if B * X.shape[0] * 2 * N < 2 * _kernels.SMALL_WORK:
-        return "numpy, direct (tiny)"
+        return "compiled, direct (tiny)" if _kernels._native_get("small", q.dtype) is not None else "numpy, direct (tiny)"
     d = _kernels.decide(B, N, X.shape[0], N, q.dtype, X.dtype) if _kernels.get_mode() == "auto" else ("numpy", 0)
     return f"kernel chunk={d[1]}"
 
@@ -261,12 +274,12 @@ def case_recall(rounds):
                     "stream_recall_noenergy": lambda: sm.recall(cue, max_steps=steps, tol=0.0, energy=False),
                     "step": lambda: m.step(cue)}, max(2, rounds))
     one = t["step"]["min"]
-    return [{"case": f"ModernHopfield.recall {steps} steps", "ours_s": t["recall"]["min"], "bare_s": steps * one,
-             "ratio_vs_bare": t["recall"]["min"] / (steps * one), "steps": steps},
-            {"case": f"StreamingMemory.recall {steps} steps", "ours_s": t["stream_recall"]["min"], "bare_s": steps * one,
-             "ratio_vs_bare": t["stream_recall"]["min"] / (steps * one), "steps": steps},
-            {"case": f"StreamingMemory.recall {steps} steps, no energies", "ours_s": t["stream_recall_noenergy"]["min"],
-             "bare_s": steps * one, "ratio_vs_bare": t["stream_recall_noenergy"]["min"] / (steps * one), "steps": steps}]
+    rows = []
+    for key, name in (("recall", f"ModernHopfield.recall {steps} steps"), ("stream_recall", f"StreamingMemory.recall {steps} steps"),
+                      ("stream_recall_noenergy", f"StreamingMemory.recall {steps} steps, no energies")):
+        rows.append({"case": name, "ours_s": t[key]["min"], "bare_s": steps * one, "ratio_vs_bare": t[key]["min"] / (steps * one),
+                     "ratio_paired_median": paired_ratio(t, key, "step", steps), "steps": steps})
+    return rows
 
 
 def naive_classical_sweep(w, s, order):
@@ -336,7 +349,7 @@ def case_rk4(rounds, quick=False):
         t = interleave({"rk4": lambda: I.rk4_step(func, (v, h), 0.01), "four": four},
                        rounds * (3 if small else 1), inner=50 if small else 1)
         rows.append({"case": f"RK4 step N_f={Nf} N_h={Nh} B={B}", "ours_s": t["rk4"]["min"], "bare_s": t["four"]["min"],
-                     "ratio_vs_bare": t["rk4"]["min"] / t["four"]["min"]})
+                     "ratio_vs_bare": t["rk4"]["min"] / t["four"]["min"], "ratio_paired_median": paired_ratio(t, "rk4", "four")})
     return rows
 
 
@@ -402,6 +415,19 @@ def print_table(rows, peak):
             bits.append(f"max |step - float32 step| {r['max_abs_diff_vs_float32_step']:.2e}")
         if "identical_to_naive" in r:
             bits.append(f"identical to the naive sweep: {r['identical_to_naive']}")
+        print(f"  {r['case']}: " + ", ".join(bits))
+    paired = [r for r in rows if any(k.endswith("paired_median") for k in r)]
+    if paired:
+        print("medians of per-round ratios (ours against its reference timed in the same round):")
+    for r in paired:
+        bits = []
+        if "fraction_of_peak_paired_median" in r:
+            bits.append(f"of peak {r['fraction_of_peak_paired_median']:.0%} "
+                        f"(model step {r['model_step_fraction_of_peak_paired_median']:.0%})")
+        if "speedup_vs_plain_paired_median" in r:
+            bits.append(f"speedup vs plain torch {r['speedup_vs_plain_paired_median']:.2f}x")
+        if "ratio_paired_median" in r:
+            bits.append(f"ratio {r['ratio_paired_median']:.2f}")
         print(f"  {r['case']}: " + ", ".join(bits))
 
 
