@@ -390,17 +390,17 @@ def _load(path: str) -> dict | None:
         f = getattr(lib, name)
         f.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4 + [ct] + [ctypes.c_void_p] * 2
         f.restype = ctypes.c_int
-        small = _small_wrapper(f, dt)
+        small = _small_wrapper(f)
         if not _small_checks(small, dt):
             return None
         fns[("small", np.dtype(dt))] = small
     return fns
 
 
-def _small_wrapper(f, dt):
-    """``small(q, keys, values, beta, out, lse)`` on data pointers (``lse`` may be 0); the call
-    costs ~1 us, so the caller passes tensors' ``data_ptr()`` (numpy's ``.ctypes.data`` is 1.7 us
-    per array). Raises MemoryError when the score buffer cannot be had."""
+def _small_wrapper(f):
+    """``small(q, keys, values, B, N, M, K, beta, out, lse)`` on data pointers (``lse`` may be 0);
+    the call costs ~1 us, so callers pass tensors' ``data_ptr()`` (numpy's ``.ctypes.data`` costs
+    1.7 us per array). Raises MemoryError when the score buffer cannot be had."""
 
     def small(q, keys, values, B, N, M, K, beta, out, lse):
         if f(q, keys, values, B, N, M, K, beta, out, lse):
