@@ -506,6 +506,24 @@ def test_compiled_chunk_loop_equals_the_python_loop(dtype, monkeypatch):
     np.testing.assert_allclose(K.retrieve_numpy(qs, kn, vn, 256, 2), want, rtol=0, atol=tol * np.abs(want).max())
 
 
+def test_compiled_chunk_loop_uses_numpys_blas_when_scipys_is_loaded_too(monkeypatch):
+    """scipy ships its own OpenBLAS (32-bit integers, other symbol names); with both loaded, in
+    either order, the chunk loop still finds numpy's (it was once switched off for the whole test
+    session when scipy's came first)."""
+    pytest.importorskip("scipy.linalg")
+    if K._native_exp(np.float32) is None:
+        pytest.skip("no compiled step on this machine")
+    here = os.path.dirname(os.path.abspath(np.__file__))
+    monkeypatch.setattr(K, "_blas", None)  # looked up again, with scipy's library loaded
+    blas = K._blas_controllers()
+    if not any(str(c.filepath).startswith(here) for c in blas):
+        pytest.skip("numpy's BLAS is not inside the numpy installation here")
+    monkeypatch.setattr(K, "_blas", list(reversed(blas)))
+    monkeypatch.setattr(K, "_native_fns", {})
+    assert K._numpy_blas_path().startswith(here)
+    assert K._native_loop(np.float32) is not None
+
+
 def test_compiled_chunk_loop_refuses_a_library_without_gemm(tmp_path):
     """No cblas gemm at the given path (a missing file, a library that is not a BLAS): no compiled
     loop, the Python loop stays."""

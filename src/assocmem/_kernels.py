@@ -117,6 +117,19 @@ def _blas_controllers():
     return _blas
 
 
+def _numpy_blas_path() -> str | None:
+    """The file of the BLAS numpy's matmul calls (the compiled chunk loop must call the same one):
+    among the loaded BLAS libraries, the one inside numpy's installation (wheels ship it in
+    ``numpy.libs``); else the first that is not scipy's or torch's own copy."""
+    blas = _blas_controllers()
+    here = os.path.dirname(os.path.abspath(np.__file__))
+    for c in blas:
+        if str(c.filepath).startswith(here):
+            return str(c.filepath)
+    rest = [c for c in blas if "scipy" not in os.path.dirname(str(c.filepath))]
+    return str(rest[0].filepath) if rest else None
+
+
 class _SingleThreadedBlas:
     """Within the block, numpy's BLAS runs one thread per caller: our worker threads are the
     parallelism, and BLAS threads would only compete with them for the same cores."""
@@ -260,23 +273,29 @@ _native_fns: dict = {}
 def _native_get(kind: str, dtype):
     """A compiled part of the kernel for ``dtype`` (numpy or torch; ``"exp"``: the per-chunk step,
     ``"loop"``: the chunk loop with numpy's BLAS, ``"small"``: a whole small retrieval), built
-    beside the calibration cache; None where it cannot be had. Looked up once per dtype and setting
-    of ``ASSOCMEM_NATIVE`` (``0`` switches all off); this runs on every kernel call."""
-    key = (kind, dtype, os.environ.get("ASSOCMEM_NATIVE"))
-    fn = _native_fns.get(key, False)
-    if fn is False:
-        from . import _native
+    beside the calibration cache; None where it cannot be had. Once found, looked up per dtype and
+    setting of ``ASSOCMEM_NATIVE`` (``0`` switches all off; this runs on every kernel call); a part
+    that could not be had is retried when the compiler or the cache directory changes."""
+    native = os.environ.get("ASSOCMEM_NATIVE")
+    fn = _native_fns.get((kind, dtype, native))
+    if fn is not None:
+        return fn
+    where = os.path.dirname(cache_path())
+    missing = (kind, dtype, native, where, os.environ.get("CC"))
+    if missing in _native_fns:
+        return None
+    from . import _native
 
-        dt = np.dtype(_NP_DTYPES.get(dtype, dtype))
-        where, cpu = os.path.dirname(cache_path()), cpu_model()
-        if kind == "exp":
-            fn = _native.online_exp(where, cpu, dt)
-        elif kind == "small":
-            fn = _native.small_retrieve(where, cpu, dt)
-        else:
-            blas = _blas_controllers()
-            fn = _native.chunk_loop(where, cpu, dt, str(blas[0].filepath)) if blas else None
-        _native_fns[key] = fn
+    dt = np.dtype(_NP_DTYPES.get(dtype, dtype))
+    cpu = cpu_model()
+    if kind == "exp":
+        fn = _native.online_exp(where, cpu, dt)
+    elif kind == "small":
+        fn = _native.small_retrieve(where, cpu, dt)
+    else:
+        blas = _numpy_blas_path()
+        fn = _native.chunk_loop(where, cpu, dt, blas) if blas else None
+    _native_fns[(kind, dtype, native) if fn is not None else missing] = fn
     return fn
 
 
