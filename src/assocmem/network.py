@@ -256,7 +256,7 @@ class TwoLayerNetwork(nn.Module):
             k1 = func((v, h))
             nfe += 1
             speed = torch.maximum(torch.linalg.vector_norm(k1[0], math.inf, -1), torch.linalg.vector_norm(k1[1], math.inf, -1))
-            fastest = float(speed.max())  # the one synchronisation per step; NaN if anything is NaN
+            fastest = float(speed.detach().max())  # the one synchronisation per step; NaN if anything is NaN
             if fastest < tol:
                 converged = speed < tol
                 break
@@ -277,7 +277,7 @@ class TwoLayerNetwork(nn.Module):
                 e = self.energy(v, h)
                 # a sum is non-finite whenever a term is: one synchronisation; the detailed check
                 # (which names the layer and rows) runs only then
-                if not math.isfinite(float(v.sum() + h.sum() + e.sum())):
+                if not math.isfinite(float((v.sum() + h.sum() + e.sum()).detach())):
                     self._check_finite(k, t, v, h, e)
                 ts.append(t)
                 vs.append(v)
