@@ -276,18 +276,23 @@ def _native_get(kind: str, dtype):
     beside the calibration cache; None where it cannot be had. Once found, looked up per dtype and
     setting of ``ASSOCMEM_NATIVE`` (``0`` switches all off; this runs on every kernel call); a part
     that could not be had is retried when the compiler or the cache directory changes."""
-    native = os.environ.get("ASSOCMEM_NATIVE")
+    env = os.environ
+    native = env.get("ASSOCMEM_NATIVE")
     fn = _native_fns.get((kind, dtype, native))
     if fn is not None:
         return fn
-    where = os.path.dirname(cache_path())
-    missing = (kind, dtype, native, where, os.environ.get("CC"))
+    if native is not None and native.strip() == "0":
+        return None
+    # what the build depends on, read cheaply (cache_path() costs ~13 us: this path runs on every
+    # kernel call where the helper cannot be had)
+    missing = (kind, dtype, native, env.get("CC"), env.get("ASSOCMEM_CACHE_DIR"), env.get("XDG_CACHE_HOME"),
+               env.get("HOME"))
     if missing in _native_fns:
         return None
     from . import _native
 
     dt = np.dtype(_NP_DTYPES.get(dtype, dtype))
-    cpu = cpu_model()
+    where, cpu = os.path.dirname(cache_path()), cpu_model()
     if kind == "exp":
         fn = _native.online_exp(where, cpu, dt)
     elif kind == "small":
@@ -636,7 +641,7 @@ def _np_view(t: torch.Tensor) -> tuple[np.ndarray, bool]:
 # ---------------------------------------------------------------------------------------------------
 def _tiny(query, keys, values, beta, return_lse=False):
     """The whole update for a tiny problem, unchunked, in the calling thread: one compiled call
-    where the helper is built (~8 us at N = 64, K = 1,000, B = 1), else numpy."""
+    where the helper is built (~10 us at N = 64, K = 1,000, B = 1), else numpy."""
     small = _native_get("small", query.dtype)
     if small is not None:
         if not query.is_contiguous():

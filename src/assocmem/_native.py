@@ -329,6 +329,11 @@ _tls = threading.local()
 _loops: dict[tuple, object] = {}  # (place, dtype, BLAS) -> checked chunk loop or None
 
 
+def _place(directory: str, cpu: str) -> tuple:
+    """What a build depends on besides the source: where it lives, the compiler asked for, the CPU."""
+    return directory, os.environ.get("CC", "cc"), cpu
+
+
 def _tag(cc: str, cpu: str) -> str:
     return hashlib.sha1("|".join([SOURCE, *FLAGS, cc, cpu]).encode()).hexdigest()[:16]
 
@@ -435,7 +440,7 @@ def small_retrieve(directory: str, cpu: str, dtype) -> object | None:
     ``dtype`` (``lse`` may be 0: not computed); None where the helper is unavailable."""
     if online_exp(directory, cpu, dtype) is None:
         return None
-    fns = _by_place.get((directory, os.environ.get("CC", "cc"), cpu))
+    fns = _by_place.get(_place(directory, cpu))
     return fns.get(("small", np.dtype(dtype))) if fns else None
 
 
@@ -485,12 +490,12 @@ def chunk_loop(directory: str, cpu: str, dtype, blas_path: str | None) -> object
     step = online_exp(directory, cpu, dtype)
     if step is None or blas_path is None:
         return None
-    key = (directory, os.environ.get("CC", "cc"), cpu, np.dtype(dtype).char, blas_path)
+    key = (*_place(directory, cpu), np.dtype(dtype).char, blas_path)
     fn = _loops.get(key, False)
     if fn is not False:
         return fn
     with _lock:
-        fns = _by_place.get((directory, os.environ.get("CC", "cc"), cpu))
+        fns = _by_place.get(_place(directory, cpu))
         raw = fns.get(("loop", np.dtype(dtype))) if fns else None
         sym = _gemm_symbol(blas_path, dtype)
         fn = None
@@ -525,7 +530,7 @@ def online_exp(directory: str, cpu: str, dtype) -> object | None:
     (``ASSOCMEM_NATIVE=0``). Built once per machine into ``directory`` and loaded once per process."""
     if os.environ.get("ASSOCMEM_NATIVE", "1").strip() == "0":
         return None
-    place = (directory, os.environ.get("CC", "cc"), cpu)
+    place = _place(directory, cpu)
     fns = _by_place.get(place, False)
     if fns is False:
         with _lock:

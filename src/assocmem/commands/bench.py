@@ -194,10 +194,9 @@ def case_retrieval(shapes, rounds, plain=True):
                "peak_mib": peak_extra_mib(lambda: AF.retrieve(q, X, beta=beta)), "relative_error": err,
                "path": _path_name(q, X, beta)}
         peaks = [min(a, b) for a, b in zip(t["peak_torch"]["times"], t["peak_numpy"]["times"])]
-        row["fraction_of_peak_paired_median"] = float(np.median([p / o for p, o in zip(peaks, t["ours"]["times"])])
-                                                      * fl / (2 * 2048 ** 3))
-        row["model_step_fraction_of_peak_paired_median"] = float(
-            np.median([p / o for p, o in zip(peaks, t["model_step"]["times"])]) * fl / (2 * 2048 ** 3))
+        for key, cand in (("fraction_of_peak_paired_median", "ours"), ("model_step_fraction_of_peak_paired_median", "model_step")):
+            # per round: (fl / its time) / (peak flops / the peak's time in that round)
+            row[key] = float(np.median([p / o for p, o in zip(peaks, t[cand]["times"])]) * fl / (2 * 2048 ** 3))
         if plain:
             row["plain_s"] = t["plain_torch"]["min"]
             row["speedup_vs_plain_paired_median"] = 1 / paired_ratio(t, "ours", "plain_torch")
