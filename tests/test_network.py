@@ -196,3 +196,102 @@ def test_trainable_xi_gets_gradients():
     tr = net.simulate(torch.randn(2, 6, dtype=torch.float64), t_max=1.0, dt=0.1, tol=1e-12)
     tr.final_v.pow(2).sum().backward()
     assert xi.grad is not None and torch.isfinite(xi.grad).all() and xi.grad.abs().sum() > 0
+
+
+def _generic_rk4(net, v, h, dt, clamp=None):
+    from assocmem import integrators
+
+    return integrators.rk4_step(lambda s: net.derivatives(s[0], s[1], clamp), (v, h), dt)
+
+
+@settings(max_examples=25, deadline=None)
+@given(**net_cases, current=st.booleans(), clamped=st.booleans())
+def test_rk4_step_equals_the_generic_step(seed, n_f, n_h, pair, beta, tau_ratio, current, clamped):
+    """TwoLayerNetwork.rk4_step (flat buffers, one matrix-vector product for the weighted sum) is the
+    classical RK4 step of integrators.rk4_step on the same derivatives, input current and clamp."""
+    net, v0 = make_net(seed, n_f, n_h, pair, beta, tau_ratio)
+    g = torch.Generator().manual_seed(seed + 1)
+    if current:
+        net.input_current = torch.randn(n_f, generator=g, dtype=torch.float64)
+    clamp = (torch.rand(3, n_f, generator=g) < 0.4) if clamped else None
+    h0 = torch.randn(3, n_h, generator=g, dtype=torch.float64)
+    v_before, h_before = v0.clone(), h0.clone()
+    for dt in (0.05, 0.013):
+        v1, h1 = net.rk4_step(v0, h0, dt, clamp)
+        rv, rh = _generic_rk4(net, v0, h0, dt, clamp)
+        torch.testing.assert_close(v1, rv, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(h1, rh, rtol=1e-12, atol=1e-12)
+        if clamped:
+            assert torch.equal(v1[clamp], v0[clamp])
+    assert torch.equal(v0, v_before) and torch.equal(h0, h_before)  # inputs never written
+
+
+def test_rk4_step_chains_threads_and_autograd():
+    g = torch.Generator().manual_seed(3)
+    xi = torch.randn(30, 12, generator=g, dtype=torch.float64) / 4
+    net = TwoLayerNetwork(xi, Tanh(1.0), LogSumExp(2.0), tau_f=1.0, tau_h=0.3)
+    v, h = torch.randn(5, 12, generator=g, dtype=torch.float64), torch.randn(5, 30, generator=g, dtype=torch.float64)
+    # a chain of steps (each output is read as one flat state, not copied) equals the generic chain
+    a, b = (v, h), (v, h)
+    for _ in range(20):
+        a = net.rk4_step(*a, 0.1)
+        b = _generic_rk4(net, *b, 0.1)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # an earlier step's output is not overwritten by later steps
+    first = net.rk4_step(v, h, 0.1)
+    kept = tuple(x.clone() for x in first)
+    net.rk4_step(*first, 0.1)
+    net.rk4_step(v * 2, h, 0.1)
+    assert all(torch.equal(x, y) for x, y in zip(first, kept))
+    # the same shape stepped in several threads at once (scratch is per thread)
+    import concurrent.futures as cf
+
+    cues = [torch.randn(5, 12, generator=g, dtype=torch.float64) for _ in range(8)]
+    want = [_generic_rk4(net, c, h, 0.1) for c in cues]
+
+    def run(c):
+        out = (c, h)
+        for _ in range(200):
+            out = net.rk4_step(c, h, 0.1)
+        return out
+
+    with cf.ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(run, cues))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    # with a trainable xi the step is recorded by autograd (the generic step), same values
+    p = torch.nn.Parameter(xi.clone())
+    tnet = TwoLayerNetwork(p, Tanh(1.0), LogSumExp(2.0), tau_f=1.0, tau_h=0.3)
+    v1, h1 = tnet.rk4_step(v, h, 0.1)
+    torch.testing.assert_close((v1, h1), net.rk4_step(v, h, 0.1), rtol=1e-12, atol=1e-12)
+    (v1.sum() + h1.sum()).backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_simulate_flat_rk4_equals_generic_rk4():
+    """simulate's rk4 (flat buffers, no autograd) and the generic step it takes when xi is trainable
+    follow the same trajectory."""
+    g = torch.Generator().manual_seed(4)
+    xi = torch.randn(20, 10, generator=g, dtype=torch.float64) / 3
+    cue = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[:3] = True
+    kw = dict(t_max=3.0, dt=0.05, tol=1e-12, clamp=mask)
+    fast = TwoLayerNetwork(xi, Quadratic(), LogSumExp(1.5), tau_f=1.0, tau_h=0.2).simulate(cue, **kw)
+    slow = TwoLayerNetwork(torch.nn.Parameter(xi.clone()), Quadratic(), LogSumExp(1.5), tau_f=1.0, tau_h=0.2).simulate(cue, **kw)
+    assert fast.steps == slow.steps == 60 and fast.nfe == slow.nfe
+    for a, b in ((fast.v, slow.v), (fast.h, slow.h), (fast.energy, slow.energy)):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
+    assert torch.equal(fast.v[:, :, :3], cue[:, :3].expand(61, -1, -1))
+
+
+def test_rk4_step_bad_input():
+    net = TwoLayerNetwork(torch.randn(4, 6), Tanh(), Quadratic())
+    with pytest.raises(ValueError, match=r"v, h: got .*expected shapes \(B, 6\) and \(B, 4\)"):
+        net.rk4_step(torch.randn(2, 5), torch.randn(2, 4), 0.1)
+    with pytest.raises(ValueError, match=r"v, h: got .*expected shapes"):
+        net.rk4_step(torch.randn(2, 6), torch.randn(3, 4), 0.1)
+    with pytest.raises(ValueError, match=r"v, h: got .*dtype torch.float32"):
+        net.rk4_step(torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64), 0.1)
+    with pytest.raises(ValueError, match="dt"):
+        net.rk4_step(torch.randn(2, 6), torch.randn(2, 4), 0.0)

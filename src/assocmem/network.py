@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -133,18 +134,25 @@ class TwoLayerNetwork(nn.Module):
         """(g, f) = (dL_v/dv, dL_h/dh), KH eq. (3)."""
         return self.lagrangian_v.activation(v), self.lagrangian_h.activation(h)
 
-    def derivatives(self, v: torch.Tensor, h: torch.Tensor, clamp: torch.Tensor | None = None):
-        """(dv/dt, dh/dt) of KH eq. (1). Clamped feature neurons (mask True) have dv/dt = 0."""
+    def derivatives(self, v: torch.Tensor, h: torch.Tensor, clamp: torch.Tensor | None = None, out=None):
+        """(dv/dt, dh/dt) of KH eq. (1). Clamped feature neurons (mask True) have dv/dt = 0.
+
+        ``out``: an optional pair of tensors shaped like ``v`` and ``h`` that receive the derivatives
+        (returned); autograd does not record writes into them."""
         g, f = self.activations(v, h)
         xi = self.xi
         tf, th, a = self.tau_f, self.tau_h, self.alpha
         if (v.ndim == 2 and h.ndim == 2 and f.ndim == 2 and g.ndim == 2
                 and not isinstance(tf, torch.Tensor) and not isinstance(th, torch.Tensor) and not isinstance(a, torch.Tensor)):
             # one fused product per layer: (f xi - alpha v) / tau_f and (g xi^T - h) / tau_h
-            dv = torch.addmm(v, f, xi, beta=-a / tf, alpha=1.0 / tf)
+            if out is None:
+                dv = torch.addmm(v, f, xi, beta=-a / tf, alpha=1.0 / tf)
+                dh = torch.addmm(h, g, xi.T, beta=-1.0 / th, alpha=1.0 / th)
+            else:
+                dv = torch.addmm(v, f, xi, beta=-a / tf, alpha=1.0 / tf, out=out[0])
+                dh = torch.addmm(h, g, xi.T, beta=-1.0 / th, alpha=1.0 / th, out=out[1])
             if self.input_current is not None:
-                dv = dv.add(self.input_current, alpha=1.0 / tf)
-            dh = torch.addmm(h, g, xi.T, beta=-1.0 / th, alpha=1.0 / th)
+                dv.add_(self.input_current, alpha=1.0 / tf)  # dv is this call's own buffer
         else:
             dv = f @ xi
             if a == 1.0:
@@ -155,8 +163,10 @@ class TwoLayerNetwork(nn.Module):
                 dv = dv + self.input_current
             dv = dv / tf
             dh = (g @ xi.T - h) / th
+            if out is not None:
+                dv, dh = out[0].copy_(dv), out[1].copy_(dh)
         if clamp is not None:
-            dv = dv.masked_fill(clamp, 0.0)
+            dv = dv.masked_fill(clamp, 0.0) if out is None else dv.masked_fill_(clamp, 0.0)
         return dv, dh
 
     def energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -182,6 +192,44 @@ class TwoLayerNetwork(nn.Module):
         return rh, rv.abs().amax(-1)
 
     # -- integration -------------------------------------------------------------------------------
+    def rk4_step(self, v: torch.Tensor, h: torch.Tensor, dt: float, clamp: torch.Tensor | None = None):
+        """One classical fourth-order Runge-Kutta step of KH eq. (1) from ``v`` (B, N_f) and ``h``
+        (B, N_h); returns the new ``(v, h)``. ``clamp`` as in :meth:`simulate` (a bool mask).
+
+        The arithmetic of :func:`assocmem.integrators.rk4_step` on :meth:`derivatives`, laid out for
+        speed: the four stage derivatives go into one (4, M) buffer and each stage input into one
+        flat buffer (M = B (N_f + N_h)), so that a stage input is one call and the weighted sum
+        ``y + dt/6 (k1 + 2 k2 + 2 k3 + k4)`` is one matrix-vector product. Where autograd has to see
+        the step (a parameter or the state requires grad) it is the generic step."""
+        dt = float(check_positive("dt", dt))
+        xi = self.xi
+        if not (isinstance(v, torch.Tensor) and isinstance(h, torch.Tensor) and v.ndim == 2 and h.ndim == 2
+                and v.shape[1] == xi.shape[1] and h.shape == (v.shape[0], xi.shape[0]) and v.dtype == h.dtype == xi.dtype):
+            raise ValueError(
+                f"v, h: got {describe(v)} and {describe(h)}; expected shapes (B, {xi.shape[1]}) and (B, {xi.shape[0]}) "
+                f"in xi's dtype {xi.dtype}"
+            )
+        if not self._flat_ok(v, h):
+            return _int.rk4_step(lambda s: self.derivatives(s[0], s[1], clamp), (v, h), dt)
+        work = _rk4_work(v.shape[0], self.n_features, self.n_memories, v.dtype, v.device)
+        self.derivatives(v, h, clamp, out=work.k(0))
+        return work.split(self._rk4_flat(work.flat(v, h), dt, clamp, work))
+
+    def _flat_ok(self, v: torch.Tensor, h: torch.Tensor) -> bool:
+        """Whether the flat-buffer RK4 step may run: nothing the step computes needs a gradient."""
+        if not torch.is_grad_enabled():
+            return True
+        return not (v.requires_grad or h.requires_grad or _any_requires_grad(self))
+
+    def _rk4_flat(self, y: torch.Tensor, dt: float, clamp, work: "_RK4Work") -> torch.Tensor:
+        """RK4 on the flat state ``y`` (M,) whose stage-1 derivative is already in ``work.K[0]``;
+        returns the new flat state (a new tensor)."""
+        rows, Y, yv, yh, half = work.rows, work.Y, work.yv, work.yh, 0.5 * dt
+        for i, c in ((1, half), (2, half), (3, dt)):
+            torch.add(y, rows[i - 1], alpha=c, out=Y)
+            self.derivatives(yv, yh, clamp, out=(work.kv[i], work.kh[i]))
+        return torch.addmv(y, work.K.T, work.weights(dt))
+
     def simulate(
         self,
         v0,
@@ -243,6 +291,10 @@ class TwoLayerNetwork(nn.Module):
         def func(state):
             return self.derivatives(state[0], state[1], clamp)
 
+        # rk4 without autograd: the flat-buffer step (see rk4_step); v and h are views of one state y
+        work = _rk4_work(B, self.n_features, self.n_memories, xi.dtype, xi.device) if method == "rk4" and self._flat_ok(v, h) else None
+        if work is not None:
+            v, h = work.split(work.flat(v, h))
         ts, vs, hs, es = [0.0], [v], [h], [self.energy(v, h)]
         self._check_finite(0, 0.0, v, h, es[0])
         n_steps = max(1, math.ceil(t_max / dt - 1e-9))
@@ -253,7 +305,7 @@ class TwoLayerNetwork(nn.Module):
         adaptive = method in _int.ADAPTIVE
         stepper = None if adaptive else _int.FIXED_STEP[method]
         for k in range(1, n_steps + 1):
-            k1 = func((v, h))
+            k1 = func((v, h)) if work is None else self.derivatives(v, h, clamp, out=(work.kv[0], work.kh[0]))
             nfe += 1
             speed = torch.maximum(torch.linalg.vector_norm(k1[0], math.inf, -1), torch.linalg.vector_norm(k1[1], math.inf, -1))
             fastest = float(speed.detach().max())  # the one synchronisation per step; NaN if anything is NaN
@@ -268,6 +320,9 @@ class TwoLayerNetwork(nn.Module):
             if adaptive:
                 (v, h), calls = _int.adaptive_advance(func, (v, h), t, t + step_dt, method, rtol, atol, None)
                 nfe += calls
+            elif work is not None:
+                v, h = work.split(self._rk4_flat(v._base, step_dt, clamp, work))
+                nfe += 3
             else:
                 v, h = stepper(func, (v, h), step_dt, k1)
                 nfe += 3 if method == "rk4" else 0
@@ -315,3 +370,80 @@ class TwoLayerNetwork(nn.Module):
                     f"for batch element(s) {rows[:10]}{'...' if len(rows) > 10 else ''}; "
                     "reduce dt, use an adaptive method, or check that both Lagrangians are convex"
                 )
+
+
+def _any_requires_grad(module: nn.Module) -> bool:
+    """``any(p.requires_grad for p in module.parameters())`` without building the generator chain
+    (2 us of a 30 us step)."""
+    for p in module._parameters.values():
+        if p is not None and p.requires_grad:
+            return True
+    return any(m is not None and _any_requires_grad(m) for m in module._modules.values())
+
+
+#: scratch of RK4 steps up to this size (bytes) is kept per thread between calls
+_KEEP_SCRATCH_BYTES = 1 << 20
+_scratch = threading.local()
+
+
+def _rk4_work(B: int, n_f: int, n_h: int, dtype, device) -> "_RK4Work":
+    """Scratch buffers for an RK4 step. Building them is ~15 tensor calls (~15 us), as much as the
+    step's own overhead on a small network, so small ones (<= 1 MiB) are kept, per thread (a step
+    in another thread must not write into them), the last four shapes."""
+    key = (B, n_f, n_h, dtype, device)
+    kept = getattr(_scratch, "works", None)
+    if kept is None:
+        kept = _scratch.works = {}
+    work = kept.get(key)
+    if work is None:
+        work = _RK4Work(B, n_f, n_h, dtype, device)
+        if work.K.numel() * 5 // 4 * work.K.element_size() <= _KEEP_SCRATCH_BYTES:
+            if len(kept) >= 4:
+                kept.pop(next(iter(kept)))
+            kept[key] = work
+    return work
+
+
+class _RK4Work:
+    """Scratch buffers of :meth:`TwoLayerNetwork.rk4_step` for batch size B: stage derivatives
+    ``K`` (4, M) with (B, N_f) / (B, N_h) views per stage, one stage-input buffer ``Y`` (M,) with
+    its views, and the RK4 weights per dt."""
+
+    def __init__(self, B: int, n_f: int, n_h: int, dtype, device):
+        self.s = B * n_f
+        self.shapes = ((B, n_f), (B, n_h))
+        M = self.s + B * n_h
+        self.K = torch.empty(4, M, dtype=dtype, device=device)
+        self.rows = self.K.unbind(0)
+        self.kv = self.K[:, : self.s].view(4, B, n_f).unbind(0)
+        self.kh = self.K[:, self.s:].view(4, B, n_h).unbind(0)
+        self.Y = torch.empty(M, dtype=dtype, device=device)
+        self.yv, self.yh = self.split(self.Y)
+        self._w: dict[float, torch.Tensor] = {}
+
+    def flat(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """(v, h) as one flat state: the tensor they are views of when they came from :meth:`split`
+        (a chain of steps), else a concatenated copy."""
+        y = v._base
+        if (y is not None and y is h._base and y.ndim == 1 and y.numel() == self.Y.numel()
+                and v.data_ptr() == y.data_ptr() and h.data_ptr() == y.data_ptr() + self.s * y.element_size()
+                and v.is_contiguous() and h.is_contiguous()):
+            return y
+        return torch.cat((v.reshape(-1), h.reshape(-1)))
+
+    def k(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kv[i], self.kh[i]
+
+    def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (v, h) views of a flat state (contiguous, ``_base`` y: what :meth:`flat` recognises)."""
+        (B, n_f), (_, n_h) = self.shapes
+        o = y.storage_offset()
+        return y.as_strided((B, n_f), (n_f, 1), o), y.as_strided((B, n_h), (n_h, 1), o + self.s)
+
+    def weights(self, dt: float) -> torch.Tensor:
+        w = self._w.get(dt)
+        if w is None:
+            if len(self._w) >= 8:
+                self._w.clear()
+            w = self._w[dt] = torch.tensor([dt / 6.0, dt / 3.0, dt / 3.0, dt / 6.0], dtype=self.K.dtype, device=self.K.device)
+        return w
