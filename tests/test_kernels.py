@@ -235,13 +235,13 @@ def test_cache_of_another_format_is_ignored(monkeypatch):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     key = json.dumps(list(K._class_key(8, 16, 16, 4096, torch.float32, torch.float32, K.kernel_threads())))
     with open(path, "w") as fh:
-        json.dump({"format": K.CACHE_FORMAT - 1, "decisions": {key: ["numpy", 123]}}, fh)
-    monkeypatch.setattr(K, "calibrate", lambda *a, **k: ("torch", 0))
-    assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == ("torch", 0)
+        json.dump({"format": K.CACHE_FORMAT - 1, "decisions": {key: ["numpy", 123, "openblas"]}}, fh)
+    monkeypatch.setattr(K, "calibrate", lambda *a, **k: ("torch", 0, ""))
+    assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == ("torch", 0, "")
     K.clear_cache()
     with open(path, "w") as fh:
-        json.dump({"format": K.CACHE_FORMAT, "decisions": {key: ["numpy", 123]}}, fh)
-    assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == ("numpy", 123)
+        json.dump({"format": K.CACHE_FORMAT, "decisions": {key: ["numpy", 123, "openblas"]}}, fh)
+    assert K.decide(8, 16, 4096, 16, torch.float32, torch.float32) == ("numpy", 123, "openblas")
 
 
 def test_blas_threads_restored_after_kernel():
@@ -323,20 +323,23 @@ def test_calibration_needs_a_clear_win_to_leave_plain_torch(monkeypatch, kernel_
         return scale * (1.0 if fn_is_torch else kernel_time)
 
     monkeypatch.setattr(K, "_time_min", fake_time)
-    path, chunk = K.calibrate(8, 16, 4096, rounds=3, save=False)
+    path, chunk, variant = K.calibrate(8, 16, 4096, rounds=3, save=False)
     assert path == expected and (chunk > 0) == (expected == "numpy")
-    assert calls["torch"] == calls["numpy"] + 1  # one torch call before and after every kernel call
+    assert (variant in K._variants(torch.float32, torch.float32, 8)) == (expected == "numpy")
+    # one torch call before and after every kernel call, in each of the (one or two) stages
+    stages = 1 + (len(K._chunk_candidates(8, 16, 16, 4096)) > 1)
+    assert calls["torch"] == calls["numpy"] + stages
 
 
 @settings(max_examples=200, deadline=None)
 @given(Kk=st.integers(1, 20_000), chunk=st.integers(1, 5000), threads=st.integers(1, 8))
 def test_groups_tile_the_bank_evenly(Kk, chunk, threads):
-    """The thread groups cover 0:K in order without gaps, at most two per thread, of equal size up
+    """The thread groups cover 0:K in order without gaps, at most one per thread, of equal size up
     to one row (so no thread waits on an unequal last group), each cut in equal chunks <= chunk."""
     groups = K._groups(Kk, chunk, threads)
     assert groups[0][0] == 0 and groups[-1][1] == Kk
     assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
-    assert len(groups) <= (2 * threads if threads > 1 else 1)
+    assert len(groups) <= threads
     sizes = [hi - lo for lo, hi, _ in groups]
     assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
     for lo, hi, c in groups:
@@ -411,21 +414,29 @@ def test_native_step_matches_numpy_row_by_row(dtype):
     check_step_row_by_row(f, dtype)
 
 
-def test_native_step_without_avx2_matches_numpy(tmp_path, monkeypatch):
-    """The portable build (no AVX2/FMA: libm's vectorised exp with the same flush below e^-87) passes
-    the same comparison; on x86-64 it is built here by switching those instruction sets off."""
+@pytest.mark.parametrize("flags", [("-mno-avx2", "-mno-fma"), ("-mno-avx512f",)], ids=["portable", "avx2"])
+def test_native_step_of_other_instruction_sets_matches_numpy(tmp_path, monkeypatch, flags):
+    """The portable build (no AVX2/FMA: libm's vectorised exp with the same flush below e^-87) and the
+    AVX2 build (what CPUs without AVX-512 run) pass the same comparison; on x86-64 they are built
+    here by switching the wider instruction sets off. Their chunk loops pass the self-test of both
+    score layouts (built only when it does)."""
     from assocmem import _native
 
     if shutil.which("cc") is None or platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("needs a C compiler on x86-64")
     monkeypatch.setattr(_native, "_by_place", {})
     monkeypatch.setattr(_native, "_by_tag", {})
-    monkeypatch.setattr(_native, "FLAGS", _native.FLAGS + ("-mno-avx2", "-mno-fma"))
+    monkeypatch.setattr(_native, "_loops", {})
+    monkeypatch.setattr(_native, "FLAGS", _native.FLAGS + flags)
+    cpu = "cpu without " + " ".join(flags)
     for dtype in (np.float32, np.float64):
-        f = _native.online_exp(str(tmp_path), "cpu without avx2", dtype)
+        f = _native.online_exp(str(tmp_path), cpu, dtype)
         if f is None:
             pytest.skip("this compiler cannot build the portable step (no libmvec)")
         check_step_row_by_row(f, dtype)
+        blas = K._torch_blas_path() or K._numpy_blas_path()
+        if blas is not None:
+            assert _native.chunk_loop(str(tmp_path), cpu, dtype, blas) is not None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -483,27 +494,53 @@ def test_native_step_is_built_where_a_compiler_is():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_chunk_loop_equals_the_python_loop(dtype, monkeypatch):
-    """The whole chunk loop in one compiled call (products through numpy's cblas gemm) gives the
-    Python loop's result with the same compiled step: separate values of another width, values =
-    keys, the log-sum-exp only, a sub-range lo:hi with a short last chunk."""
-    if K._native_loop(dtype_np := (np.float32 if dtype == torch.float32 else np.float64)) is None:
-        pytest.skip("no compiled chunk loop here (no compiler or no cblas gemm in numpy's BLAS)")
+    """The whole chunk loop in one compiled call (products through torch's MKL or numpy's OpenBLAS,
+    scores in either layout) gives the Python loop's result with the same compiled step: separate
+    values of another width, values = keys, the log-sum-exp only, a sub-range lo:hi with a short
+    last chunk; 19 queries (two vectors of eight and a tail in the transposed layout)."""
+    dtype_np = np.float32 if dtype == torch.float32 else np.float64
+    loops = {b: K._native_loop(dtype_np, b) for b in K._BLAS_PATHS}
+    loops = {b: f for b, f in loops.items() if f is not None}
+    if not loops:
+        pytest.skip("no compiled chunk loop here (no compiler or no gemm symbol in a BLAS)")
     q, k, v = data(19, 24, 2100, M=7, seed=25, dtype=dtype)
     qs, kn, vn = (q * 2.0).numpy(), k.numpy(), v.numpy()
+    qsT = np.ascontiguousarray(qs.T)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    for vals, lse_only in ((vn, False), (None, False), (None, True), (vn, True)):
-        a = K.partial_numpy(qs, kn, vals, 130, 2011, 300, lse_only=lse_only, native=K._native_exp(dtype_np),
-                            loop=K._native_loop(dtype_np))
-        b = K.partial_numpy(qs, kn, vals, 130, 2011, 300, lse_only=lse_only, native=K._native_exp(dtype_np))
-        assert a[2].shape == b[2].shape == (19, 0 if lse_only else (7 if vals is not None else 24))
-        np.testing.assert_allclose(a[0] + np.log(a[1]), b[0] + np.log(b[1]), rtol=tol, atol=0)
-        if not lse_only:
-            got, want = K.finish(*a), K.finish(*b)  # (in place)
-            np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
-    monkeypatch.setattr(K, "_native_loop", lambda dt: None)  # the whole kernel, both ways
+    for (blas, loop), t in [(bl, t) for bl in loops.items() for t in (None, qsT)]:
+        for vals, lse_only in ((vn, False), (None, False), (None, True), (vn, True)):
+            a = K.partial_numpy(qs, kn, vals, 130, 2011, 300, lse_only=lse_only, native=K._native_exp(dtype_np),
+                                loop=loop, qsT=t)
+            b = K.partial_numpy(qs, kn, vals, 130, 2011, 300, lse_only=lse_only, native=K._native_exp(dtype_np))
+            assert a[2].shape == b[2].shape == (19, 0 if lse_only else (7 if vals is not None else 24))
+            np.testing.assert_allclose(a[0] + np.log(a[1]), b[0] + np.log(b[1]), rtol=tol, atol=0)
+            if not lse_only:
+                got, want = K.finish(*a), K.finish(*b)  # (in place)
+                np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+    monkeypatch.setattr(K, "_native_loop", lambda dt, blas="mkl": None)  # the whole kernel, both ways
     want = K.retrieve_numpy(qs, kn, vn, 256, 2)
     monkeypatch.undo()
-    np.testing.assert_allclose(K.retrieve_numpy(qs, kn, vn, 256, 2), want, rtol=0, atol=tol * np.abs(want).max())
+    for variant in K._variants(dtype, dtype, 19):
+        got = K.retrieve_numpy(qs, kn, vn, 256, 2, variant=variant)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+
+
+def test_transposed_scores_keep_nan_rows_and_underflow():
+    """The transposed-layout step gives what the row layout gives where it matters for safety: a
+    query whose scores hold a NaN comes back NaN (only that query), and a sharp softmax whose
+    exponentials underflow stays finite and exact."""
+    loop = K._native_loop(np.float32, "mkl") or K._native_loop(np.float32, "openblas")
+    if loop is None:
+        pytest.skip("no compiled chunk loop here")
+    q, k, _ = data(13, 16, 700, seed=3)
+    qs, kn = (q * 60.0).numpy(), k.numpy()  # beta = 60: most exponentials below e^-87
+    qs[4, 2] = np.nan
+    for t in (None, np.ascontiguousarray(qs.T)):
+        m, l, acc = K.partial_numpy(qs, kn, None, 0, 700, 128, native=K._native_exp(np.float32), loop=loop, qsT=t)
+        out = K.finish(m, l, acc)
+        assert np.isnan(out[4]).all() and np.isfinite(np.delete(out, 4, axis=0)).all()
+        want = ref(q, k, None, 60.0).numpy()
+        np.testing.assert_allclose(np.delete(out, 4, axis=0), np.delete(want, 4, axis=0), rtol=0, atol=2e-5)
 
 
 def test_compiled_chunk_loop_uses_numpys_blas_when_scipys_is_loaded_too(monkeypatch):

@@ -30,7 +30,7 @@ __all__ = [
     "merge_partials",
     "finish",
     "decide",
-    "best_chunk",
+    "best_plan",
     "calibrate",
     "cache_path",
     "clear_cache",
@@ -48,7 +48,7 @@ TINY_WORK = 1 << 18
 # calibration picks the kernel only when it is at least 5 % faster than plain torch
 KERNEL_MARGIN = 0.95
 # version of the calibration procedure and kernel: cache files written by another version are ignored
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 _MODES = ("auto", "torch", "numpy")
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 _LOW = (torch.float16, torch.bfloat16)
@@ -130,6 +130,23 @@ def _numpy_blas_path() -> str | None:
     return str(rest[0].filepath) if rest else None
 
 
+@functools.lru_cache(maxsize=None)
+def _torch_blas_path() -> str | None:
+    """torch's own library where it carries MKL (it exports MKL's Fortran ``?gemm_`` and
+    ``MKL_Set_Num_Threads_Local``): on x86 builds MKL's products are 10-30 % faster than numpy's
+    OpenBLAS at the kernel's chunk shapes (measured on AVX-512 cores)."""
+    if not torch.backends.mkl.is_available():
+        return None
+    import glob
+
+    found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*")))
+    return found[0] if found else None
+
+
+#: the BLAS libraries the compiled chunk loop can call, by name
+_BLAS_PATHS = {"mkl": _torch_blas_path, "openblas": _numpy_blas_path}
+
+
 class _SingleThreadedBlas:
     """Within the block, numpy's BLAS runs one thread per caller: our worker threads are the
     parallelism, and BLAS threads would only compete with them for the same cores."""
@@ -185,7 +202,7 @@ def _chunk_as(src: np.ndarray, c0: int, c1: int, dtype, bf16: bool, slot: str) -
 
 
 def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, lo: int, hi: int, chunk: int,
-                  bf16: bool = False, lse_only: bool = False, native=None, loop=None):
+                  bf16: bool = False, lse_only: bool = False, native=None, loop=None, qsT=None):
     """Rows lo:hi of the bank against the already scaled queries ``qs = beta q`` (B, N).
 
     Returns ``(m, l, acc)``: per query the largest score m (B,), sum of exp(score - m) l (B,) and
@@ -194,7 +211,8 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
     ``m' = max(m, max s)``, ``l' = l e^{m - m'} + sum e^{s - m'}``, ``acc' = acc e^{m - m'} + e^{s - m'} V``.
     ``native`` (from :func:`assocmem._native.online_exp`) does the max / exp / sum of a chunk in one
     compiled call; without it numpy does them. ``loop`` (from :func:`assocmem._native.chunk_loop`)
-    runs the whole loop below in one compiled call (banks already in ``qs``'s dtype, C-contiguous).
+    runs the whole loop below in one compiled call (banks already in ``qs``'s dtype, C-contiguous),
+    with the scores transposed when ``qsT`` (``qs.T``, C-contiguous) is given.
     """
     dt = qs.dtype
     B = qs.shape[0]
@@ -206,7 +224,7 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
     if (loop is not None and B > 1 and not bf16 and keys.dtype == dt and vals.dtype == dt and keys.flags.c_contiguous
             and vals.flags.c_contiguous and qs.flags.c_contiguous):
         m, l, acc = np.empty(B, dtype=dt), np.empty(B, dtype=dt), np.empty((B, M), dtype=dt)
-        loop(qs, keys, vals, lo, hi, chunk, m, l, acc)
+        loop(qs, keys, vals, lo, hi, chunk, m, l, acc, qsT)
         return m, l, acc
     m = np.full(B, -np.inf, dtype=dt)
     l = np.zeros(B, dtype=dt)
@@ -272,7 +290,8 @@ _native_fns: dict = {}
 
 def _native_get(kind: str, dtype):
     """A compiled part of the kernel for ``dtype`` (numpy or torch; ``"exp"``: the per-chunk step,
-    ``"loop"``: the chunk loop with numpy's BLAS, ``"small"``: a whole small retrieval), built
+    ``"loop:mkl"`` / ``"loop:openblas"``: the chunk loop with torch's MKL or numpy's OpenBLAS,
+    ``"small"``: a whole small retrieval), built
     beside the calibration cache; None where it cannot be had. Once found, looked up per dtype and
     setting of ``ASSOCMEM_NATIVE`` (``0`` switches all off; this runs on every kernel call); a part
     that could not be had is retried when the compiler or the cache directory changes."""
@@ -298,7 +317,8 @@ def _native_get(kind: str, dtype):
     elif kind == "small":
         fn = _native.small_retrieve(where, cpu, dt)
     else:
-        blas = _numpy_blas_path()
+        find = _BLAS_PATHS.get(kind.partition(":")[2])
+        blas = find() if find else None
         fn = _native.chunk_loop(where, cpu, dt, blas) if blas else None
     _native_fns[(kind, dtype, native) if fn is not None else missing] = fn
     return fn
@@ -308,13 +328,30 @@ def _native_exp(dtype):
     return _native_get("exp", dtype)
 
 
-def _native_loop(dtype):
-    return _native_get("loop", dtype)
+def _native_loop(dtype, blas: str = "mkl"):
+    return _native_get("loop:" + blas, dtype)
 
 
-def merge_partials(parts):
+def _variants(dtype, kdtype, B: int) -> list[str]:
+    """The kernel's variants for this problem: ``"<blas>"`` (scores B x chunk) and ``"<blas>-t"``
+    (scores transposed) for each BLAS the compiled loop can call; ``[""]`` (the Python loop) where
+    the compiled loop does not apply (one query, a bank converted chunk by chunk, no compiler)."""
+    if B == 1 or kdtype != dtype or _native_exp(dtype) is None:
+        return [""]
+    out = [v for b in _BLAS_PATHS if _native_loop(dtype, b) is not None for v in (b, b + "-t")]
+    return out or [""]
+
+
+def _default_variant(dtype, kdtype, B: int) -> str:
+    """Without a calibration: the first BLAS, scores transposed for fewer than 128 queries."""
+    v = _variants(dtype, kdtype, B)[:2]
+    return v[-1] if B < 128 else v[0]
+
+
+def merge_partials(parts, inplace: bool = False):
     """Log-sum-exp merge of partial results ``(m, l, acc)`` in the given (fixed) order; works on
-    numpy arrays and on torch tensors alike. Returns the merged ``(m, l, acc)``."""
+    numpy arrays and on torch tensors alike. Returns the merged ``(m, l, acc)``. ``inplace`` (numpy):
+    the parts' own arrays are rescaled and summed into the first one's (no temporaries)."""
     parts = list(parts)
     if len(parts) == 1:
         return parts[0]
@@ -322,6 +359,17 @@ def merge_partials(parts):
         mx = parts[0][0].copy()
         for p in parts[1:]:
             np.maximum(mx, p[0], out=mx)
+        if inplace:
+            (m0, l, acc), rest = parts[0], parts[1:]
+            w = np.exp(m0 - mx)
+            l *= w
+            acc *= w[:, None]
+            for pm, pl, pa in rest:
+                w = np.exp(pm - mx)  # 0 for an empty part (pm = -inf)
+                l += pl * w
+                pa *= w[:, None]
+                acc += pa
+            return mx, l, acc
         l = np.zeros_like(parts[0][1])
         acc = np.zeros_like(parts[0][2])
         for pm, pl, pa in parts:
@@ -350,14 +398,15 @@ def finish(m, l, acc):
 
 
 def _groups(K: int, chunk: int, threads: int) -> list[tuple[int, int, int]]:
-    """Split 0:K into ``2 * threads`` contiguous groups of (nearly) equal row counts, each cut into
+    """Split 0:K into one contiguous group per thread of (nearly) equal row counts, each cut into
     equal chunks of at most ``chunk`` rows: ``(lo, hi, chunk)`` per group. Equal groups keep the
     threads busy to the end (groups of whole chunks left one thread with 3 of 5 groups on
-    K = 10,000, chunk 1,024: 20 % of the time on one core); two per thread, taken dynamically, let
-    a thread slowed by another process hand work to the other. Merged in this order, so the result
+    K = 10,000, chunk 1,024: 20 % of the time on one core). Two groups per thread, taken
+    dynamically, were 5 % slower at N = 256, K = 10,000, B = 256 (per-group set-up and a longer
+    merge) for a gain only when another process takes a core. Merged in this order, so the result
     does not depend on which thread ran which group."""
     n_chunks = -(-K // chunk)
-    n_groups = max(1, min(n_chunks, 2 * threads if threads > 1 else 1))
+    n_groups = max(1, min(n_chunks, threads))
     out = []
     for g in range(n_groups):
         lo, hi = K * g // n_groups, K * (g + 1) // n_groups
@@ -369,15 +418,25 @@ def _groups(K: int, chunk: int, threads: int) -> list[tuple[int, int, int]]:
 
 def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, chunk: int, threads: int,
                    bf16: bool = False, lo: int = 0, hi: int | None = None, normalise: bool = True,
-                   lse_only: bool = False, native: bool = True):
+                   lse_only: bool = False, native: bool = True, variant: str | None = None):
     """The whole kernel: rows lo:hi of the bank against ``qs = beta q``, in ``threads`` threads.
-    Returns the states (B, M), or the merged ``(m, l, acc)`` when ``normalise`` is False."""
+    Returns the states (B, M), or the merged ``(m, l, acc)`` when ``normalise`` is False.
+    ``variant``: which compiled loop (see :func:`_variants`; None: :func:`_default_variant`, ``""``:
+    the Python loop)."""
     hi = keys.shape[0] if hi is None else hi
     groups = [(lo + a, lo + b, c) for a, b, c in _groups(hi - lo, chunk, threads)]
     nat = _native_exp(qs.dtype) if native else None
-    loop = _native_loop(qs.dtype) if nat is not None else None
+    loop = qsT = None
+    if nat is not None:
+        B = qs.shape[0]
+        if variant is None:
+            variant = _default_variant(qs.dtype, keys.dtype, B)
+        blas, _, layout = variant.partition("-")
+        loop = _native_loop(qs.dtype, blas) if blas else None
+        if loop is not None and layout == "t" and B > 1:
+            qsT = np.ascontiguousarray(qs.T)
     if threads <= 1 or len(groups) == 1:
-        parts = [partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop) for a, b, c in groups]
+        parts = [partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop, qsT) for a, b, c in groups]
     else:
         results: list = [None] * len(groups)
         counter = itertools.count()
@@ -388,7 +447,7 @@ def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, 
                 if g >= len(groups):
                     return
                 a, b, c = groups[g]
-                results[g] = partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop)
+                results[g] = partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop, qsT)
 
         pool = _get_pool(threads - 1)
         with _SingleThreadedBlas():
@@ -397,7 +456,7 @@ def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, 
             for f in futures:
                 f.result()
         parts = results
-    merged = merge_partials(parts)
+    merged = merge_partials(parts, inplace=True)  # the parts are this call's own arrays
     return finish(*merged) if normalise else merged
 
 
@@ -482,7 +541,7 @@ def _load_disk() -> None:
             return  # decided by another kernel or calibration procedure: decide again
         for k, v in data.get("decisions", {}).items():
             key = tuple(json.loads(k))
-            _decisions.setdefault(key, (str(v[0]), int(v[1])))
+            _decisions.setdefault(key, (str(v[0]), int(v[1]), str(v[2])))
     except (OSError, ValueError, TypeError, IndexError, AttributeError):
         pass  # no cache yet, or an unreadable one: it is rewritten after the next calibration
 
@@ -513,10 +572,32 @@ def clear_cache(disk: bool = False) -> None:
                 pass
 
 
-def _chunk_candidates(B: int, N: int, M: int, K: int) -> list[int]:
-    """Chunk sizes around the one whose score block (B x chunk) fills about half an L2 cache."""
-    c = 1 << max(8, min(13, (131072 // max(B, 1)).bit_length() - 1))
-    cands = [x for x in (c // 2, c, 2 * c, 4 * c) if 128 <= x]
+@functools.lru_cache(maxsize=None)
+def _l2_bytes() -> int:
+    """One core's L2 cache (Linux sysfs), 1 MiB where it cannot be read."""
+    try:
+        for idx in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")):
+            d = os.path.join("/sys/devices/system/cpu/cpu0/cache", idx)
+            with open(os.path.join(d, "level")) as fh:
+                if fh.read().strip() != "2":
+                    continue
+            with open(os.path.join(d, "size")) as fh:
+                size = fh.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+            return int(size.rstrip("KMB")) * mult
+    except (OSError, ValueError):
+        pass
+    return 1 << 20
+
+
+def _chunk_candidates(B: int, N: int, M: int, K: int, itemsize: int = 4) -> list[int]:
+    """Chunk sizes from the one whose working set (a chunk of the bank's keys and values and its
+    B x chunk scores) fills half an L2 cache, up to eight times that: the second product then reads
+    the chunk from cache (measured best: 128-256 rows at B = 64, N = 1024; 512-1024 at B = 256,
+    N = 256, on a 2 MiB L2)."""
+    row = (B + N + M) * itemsize
+    c0 = 1 << max(6, min(12, (_l2_bytes() // 2 // max(row, 1)).bit_length() - 1))
+    cands = [c0, 2 * c0, 4 * c0, 8 * c0]
     small = [x for x in cands if x < K]
     return small or [min(cands)]
 
@@ -526,16 +607,17 @@ def _default_chunk(B: int, N: int, M: int, K: int) -> int:
     return c[min(1, len(c) - 1)]
 
 
-def best_chunk(B: int, N: int, M: int, K: int, dt: torch.dtype = torch.float32,
-               kdt: torch.dtype | None = None) -> int:
-    """Chunk size for the numpy kernel on this problem: the calibrated one when calibration chose
-    the kernel for this shape class (mode ``"auto"``), else the default for the shape."""
+def best_plan(B: int, N: int, M: int, K: int, dt: torch.dtype = torch.float32,
+              kdt: torch.dtype | None = None) -> tuple[int, str | None]:
+    """``(chunk, variant)`` for the numpy kernel on this problem: the calibrated ones when
+    calibration chose the kernel for this shape class (mode ``"auto"``), else the defaults
+    (variant None: :func:`_default_variant`)."""
     kdt = dt if kdt is None else kdt
     if _mode == "auto" and B * K * (N + M) >= 2 * SMALL_WORK:
-        path, chunk = decide(B, N, K, M, dt, kdt)
+        path, chunk, variant = decide(B, N, K, M, dt, kdt)
         if path == "numpy":
-            return chunk
-    return _default_chunk(B, N, M, K)
+            return chunk, variant
+    return _default_chunk(B, N, M, K), None
 
 
 def _time_min(fn, rounds: int) -> float:
@@ -549,17 +631,20 @@ def _time_min(fn, rounds: int) -> float:
 
 def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype = torch.float32,
               kdtype: torch.dtype | None = None, threads: int | None = None, rounds: int = 5,
-              save: bool = True) -> tuple[str, int]:
-    """Time plain torch against the chunked kernel (a few chunk sizes) on a problem of this shape
-    class, each kernel call paired with the plain-torch calls around it (robust to other load on
-    the machine). Stores and returns the decision ``(path, chunk)``."""
+              save: bool = True) -> tuple[str, int, str]:
+    """Time plain torch against the chunked kernel on a problem of this shape class: first its
+    variants (:func:`_variants`: which BLAS, which score layout) at the default chunk size, then the
+    best variant at the other chunk sizes; each kernel call paired with the plain-torch calls
+    around it (robust to other load on the machine). Stores and returns the decision
+    ``(path, chunk, variant)``."""
     M = N if M is None else M
     kdtype = dtype if kdtype is None else kdtype
     threads = kernel_threads() if threads is None else threads
     key = _class_key(B, N, M, K, dtype, kdtype, threads)
-    # a proxy bank: the real row count up to what ~1 GFLOP of work per trial needs
+    # a proxy bank: the real row count up to what ~2 GFLOP of work per trial needs (big enough
+    # that the bank does not sit in a cache the real one would not fit)
     cands_c = _chunk_candidates(B, N, M, K)
-    Kp = int(min(K, max(2 * threads * max(cands_c), 2 ** 28 // max(1, B * (N + M) // 2))))
+    Kp = int(min(K, max(2 * threads * max(cands_c), 2 ** 30 // max(1, B * (N + M) // 2))))
     g = torch.Generator().manual_seed(0)
     q = torch.randn(B, N, generator=g, dtype=dtype) / math.sqrt(N)
     keys = (torch.randn(Kp, N, generator=g, dtype=torch.float32) / math.sqrt(N)).to(kdtype)
@@ -573,15 +658,38 @@ def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype =
         vv = kk if values is None else (values if kdtype == dtype else values.to(dtype))
         return torch.softmax(q @ kk.T, dim=-1) @ vv
 
-    kernels = {("numpy", c): (lambda c=c: retrieve_numpy(qs, kn, vn, c, threads, bf16))
-               for c in _chunk_candidates(B, N, M, Kp)}
+    c_def = _default_chunk(B, N, M, Kp)
+
+    def candidate(c, v):
+        return lambda: retrieve_numpy(qs, kn, vn, c, threads, bf16, variant=v)
+
     t0 = time.perf_counter()
     torch_path()  # warm-up (allocations, thread start)
     t0 = time.perf_counter() - t0
+    variants = _variants(dtype, kdtype, B)
+    chunks = _chunk_candidates(B, N, M, Kp)
+    # two stages: the variant (BLAS and score layout) at the default chunk, then the chunk for it
+    stage1 = {("numpy", c_def, v): candidate(c_def, v) for v in variants}
+    score = _paired_scores(stage1, torch_path, rounds, t0, len(stage1) + len(chunks) - 1)
+    best_v = min(score, key=score.get)[2]
+    stage2 = {("numpy", c, best_v): candidate(c, best_v) for c in chunks if c != c_def}
+    if stage2:
+        score.update(_paired_scores(stage2, torch_path, rounds, t0, len(stage1) + len(stage2)))
+    kernel = min(score, key=score.get)
+    choice = kernel if score[kernel] < KERNEL_MARGIN else ("torch", 0, "")
+    with _lock:
+        _decisions[key] = choice
+    if save:
+        _save_disk()
+    return choice
+
+
+def _paired_scores(kernels: dict, torch_path, rounds: int, t_torch: float, n_candidates: int) -> dict:
+    """Each kernel candidate's median time over plain torch's, timed in pairs (see :func:`calibrate`)."""
+    # a round costs about 4 calls per candidate: big proxies get fewer rounds (at least 3)
+    rounds = max(min(rounds, 3), min(rounds, int(3.0 / (4 * n_candidates * max(t_torch, 1e-6)))))
     for fn in kernels.values():
         fn()
-    # a round costs about 4 x (len(kernels)) calls: big proxies get fewer rounds (at least 3)
-    rounds = max(min(rounds, 3), min(rounds, int(3.0 / (4 * len(kernels) * max(t0, 1e-6)))))
     # Paired timings: every kernel candidate runs between two plain-torch calls and is scored by
     # its time over theirs, so a machine that slows down or speeds up during calibration (other
     # jobs, frequency changes) moves both sides of each ratio alike; the median ratio over the
@@ -602,18 +710,12 @@ def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype =
             after = steady(torch_path)
             ratios[k].append(2 * t / (before + after))
             before = after
-    score = {k: float(np.median(v)) for k, v in ratios.items()}
-    kernel = min(score, key=score.get, default=None)
-    choice = kernel if kernel is not None and score[kernel] < KERNEL_MARGIN else ("torch", 0)
-    with _lock:
-        _decisions[key] = choice
-    if save:
-        _save_disk()
-    return choice
+    return {k: float(np.median(v)) for k, v in ratios.items()}
 
 
-def decide(B: int, N: int, K: int, M: int, dtype: torch.dtype, kdtype: torch.dtype) -> tuple[str, int]:
-    """The path for this problem: ``("torch", 0)`` or ``("numpy", chunk)``; calibrates once per class."""
+def decide(B: int, N: int, K: int, M: int, dtype: torch.dtype, kdtype: torch.dtype) -> tuple[str, int, str]:
+    """The path for this problem: ``("torch", 0, "")`` or ``("numpy", chunk, variant)``; calibrates
+    once per class."""
     threads = kernel_threads()
     key = _class_key(B, N, M, K, dtype, kdtype, threads)
     d = _decisions.get(key)
@@ -708,18 +810,18 @@ def try_retrieve(query, keys, values, beta, mask, return_lse: bool = False):
             return None
         return _tiny(query, keys, values, beta, return_lse)
     if _mode == "auto":
-        path, chunk = decide(B, N, K, M, dt, kdt)
+        path, chunk, variant = decide(B, N, K, M, dt, kdt)
     else:
-        path, chunk = "numpy", _default_chunk(B, N, M, K)
+        path, chunk, variant = "numpy", _default_chunk(B, N, M, K), None
     if path != "numpy":
         return None
     qs = np.multiply(query.numpy(), beta, dtype=_NP_DTYPES[dt])
     kn, bf16 = _np_view(keys)
     vn = None if values is None else _np_view(values)[0]
     if return_lse:
-        m, l, acc = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16, normalise=False)
+        m, l, acc = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16, normalise=False, variant=variant)
         lse = np.log(l)
         lse += m
         return torch.from_numpy(finish(m, l, acc)), torch.from_numpy(lse)
-    out = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16)
+    out = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16, variant=variant)
     return torch.from_numpy(out)

@@ -128,8 +128,9 @@ class ShardedMemory(torch.nn.Module):
             return (torch.full((B,), -math.inf, dtype=q.dtype, device=q.device), q.new_zeros(B), q.new_zeros(B, self.n_features))
         if xi.device.type == "cpu" and xi.dtype in (torch.float32, torch.float64) and _kernels.get_mode() != "torch":
             qs = np.multiply(q.numpy(), self.beta, dtype=q.numpy().dtype)
-            chunk = _kernels.best_chunk(B, self.n_features, self.n_features, xi.shape[0], xi.dtype)
-            m, l, acc = _kernels.retrieve_numpy(qs, xi.numpy(), None, chunk, _kernels.kernel_threads(), normalise=False)
+            chunk, variant = _kernels.best_plan(B, self.n_features, self.n_features, xi.shape[0], xi.dtype)
+            m, l, acc = _kernels.retrieve_numpy(qs, xi.numpy(), None, chunk, _kernels.kernel_threads(), normalise=False,
+                                                variant=variant)
             return torch.from_numpy(m), torch.from_numpy(l), torch.from_numpy(acc)
         s = (q * self.beta) @ xi.T
         m = s.amax(-1)

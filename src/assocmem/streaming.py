@@ -281,15 +281,17 @@ def streaming_retrieve(query, bank, beta=1.0, chunk_size: int | None = None, *, 
     chunk = _check_chunk(chunk_size)
     cdt = torch.float64 if (q.dtype == torch.float64 and kdt == torch.float64) else torch.float32
     B = q.shape[0]
+    variant = None  # the kernel's default for a chunk size the caller chose
     if chunk is None:
-        chunk = _kernels.best_chunk(B, N, N, K, cdt, kdt)
+        chunk, variant = _kernels.best_plan(B, N, N, K, cdt, kdt)
     if q.device.type == "cpu" and not (isinstance(src, torch.Tensor) and src.device.type != "cpu"):
         arr = src
         if isinstance(src, torch.Tensor):
             arr = _kernels._np_view(src.detach().contiguous())[0]
         qs = np.multiply(q.detach().to(cdt).numpy(), beta, dtype=np.float64 if cdt == torch.float64 else np.float32)
         nthreads = _kernels.kernel_threads() if threads is None else check_int("threads", threads, minimum=1)
-        m, l, acc = _kernels.retrieve_numpy(qs, arr, None, chunk, nthreads, bf16, normalise=False, lse_only=lse_only)
+        m, l, acc = _kernels.retrieve_numpy(qs, arr, None, chunk, nthreads, bf16, normalise=False, lse_only=lse_only,
+                                            variant=variant)
         lse = torch.from_numpy(m + np.log(l))
         out = None if lse_only else torch.from_numpy(acc / l[:, None])
     else:

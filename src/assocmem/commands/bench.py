@@ -215,8 +215,11 @@ def _path_name(q, X, beta) -> str:
     B, N = q.shape
     if B * X.shape[0] * 2 * N < 2 * _kernels.SMALL_WORK:
         return "compiled, direct (tiny)" if _kernels._native_get("small", q.dtype) is not None else "numpy, direct (tiny)"
-    d = _kernels.decide(B, N, X.shape[0], N, q.dtype, X.dtype) if _kernels.get_mode() == "auto" else ("numpy", 0)
-    return f"kernel chunk={d[1]}"
+    if _kernels.get_mode() == "auto":
+        d = _kernels.decide(B, N, X.shape[0], N, q.dtype, X.dtype)
+    else:
+        d = ("numpy", _kernels._default_chunk(B, N, N, X.shape[0]), _kernels._default_variant(q.dtype, X.dtype, B))
+    return f"kernel chunk={d[1]} {d[2] or 'python loop'}"
 
 
 def case_lowp(shapes, rounds):
