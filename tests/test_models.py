@@ -15,7 +15,7 @@ from assocmem import (
     ModernHopfield,
     SphericalMemory,
 )
-from assocmem.lagrangians import Tanh
+from assocmem.lagrangians import Spherical, Tanh
 
 from conftest import pm1
 
@@ -156,8 +156,10 @@ def test_energy_never_increases_during_recall(name, K, N, seed, frac, clamp):
     assert e.shape == (r.steps + 1, 4)
     assert ((e[1:] - e[:-1]) <= 1e-9 * (1 + e[:-1].abs())).all()
     if mask is not None:
+        # spherical models hold the clamped coordinates at the cue's normalised values, as the model
+        # normalises (bit for bit: torch's own norm() rounds sqrt differently on some CPUs)
         assert torch.equal(r.state[:, mask], cue[:, mask] if name not in ("spherical-power3", "spherical-exp")
-                           else (cue / cue.norm(dim=-1, keepdim=True))[:, mask])
+                           else Spherical().activation(cue)[:, mask])
 
 
 def test_dense_n2_has_the_same_trajectories_as_classical():
