@@ -641,10 +641,12 @@ def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype =
     kdtype = dtype if kdtype is None else kdtype
     threads = kernel_threads() if threads is None else threads
     key = _class_key(B, N, M, K, dtype, kdtype, threads)
-    # a proxy bank: the real row count up to what ~2 GFLOP of work per trial needs (big enough
-    # that the bank does not sit in a cache the real one would not fit)
+    # a proxy bank: the real row count up to ~2 GFLOP of work per trial (big enough that the bank
+    # does not sit in a cache the real one would not fit) and 16 MiB of plain torch's B x K scores
+    # (larger score blocks only add page faults to every torch call: 3.6 s of calibration at
+    # B = 256, N = 64 with 64 MiB)
     cands_c = _chunk_candidates(B, N, M, K)
-    Kp = int(min(K, max(2 * threads * max(cands_c), 2 ** 30 // max(1, B * (N + M) // 2))))
+    Kp = int(min(K, max(2 * threads * max(cands_c), min(2 ** 30 // max(1, B * (N + M) // 2), 2 ** 22 // max(1, B)))))
     g = torch.Generator().manual_seed(0)
     q = torch.randn(B, N, generator=g, dtype=dtype) / math.sqrt(N)
     keys = (torch.randn(Kp, N, generator=g, dtype=torch.float32) / math.sqrt(N)).to(kdtype)
