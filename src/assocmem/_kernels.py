@@ -2,9 +2,10 @@
 
 The memory axis is processed in cache-sized chunks with an online log-sum-exp (each chunk: one
 product, exponentials in place on data still in cache, the second product), by worker threads that
-each run a single-threaded BLAS; partial results ``(m, l, acc)`` merge exactly as the ranks of
-:mod:`assocmem.distributed` do. Which path (this kernel or plain torch) and which chunk size runs is
-decided per shape class by a one-time calibration, cached on disk (see ``cache_path``).
+each run a single-threaded BLAS (torch's MKL or numpy's OpenBLAS); partial results ``(m, l, acc)``
+merge exactly as the ranks of :mod:`assocmem.distributed` do. Which path (this kernel or plain
+torch), which variant of it (BLAS, score layout) and which chunk size runs is decided per shape class
+by a one-time calibration, cached on disk (see ``cache_path``).
 """
 from __future__ import annotations
 
