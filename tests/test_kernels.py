@@ -252,6 +252,34 @@ def test_blas_threads_restored_after_kernel():
     assert [c.num_threads for c in ctl] == before
 
 
+def test_mkl_threads_restored_after_kernel():
+    """The MKL chunk loop keeps MKL on one core per worker (MKL_Set_Num_Threads_Local(1)) and gives
+    every thread that ran it (the caller's and the pool's) its own MKL setting back afterwards."""
+    path = K._torch_blas_path()
+    if path is None or K._native_loop(np.float32, "mkl") is None:
+        pytest.skip("no MKL chunk loop here")
+    import ctypes
+
+    lib = ctypes.CDLL(path)
+    get_max, set_local = lib.MKL_Get_Max_Threads, lib.MKL_Set_Num_Threads_Local
+    get_max.restype = set_local.restype = ctypes.c_int
+    set_local.argtypes = [ctypes.c_int]
+    pool = K._get_pool(1)
+    q, k, _ = data(24, 16, 3000)
+    qs, kn = q.numpy(), k.numpy()
+    try:
+        for t in (set_local, lambda n: pool.submit(set_local, n).result()):
+            t(3)  # a setting of our own in this thread and in the worker, which the loop must give back
+        for variant in ("mkl", "mkl-t"):
+            for threads in (1, 2):
+                K.retrieve_numpy(qs, kn, None, 256, threads, variant=variant)
+                assert get_max() == 3
+                assert pool.submit(get_max).result() == 3
+    finally:
+        set_local(0)
+        pool.submit(set_local, 0).result()
+
+
 def test_bench_command_rejects_bad_cases_with_exit_2(tmp_path, capsys):
     from assocmem.cli import main
 
