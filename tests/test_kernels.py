@@ -2,6 +2,7 @@
 softmax(beta q k^T) v for every path, dtype and chunking; the log-sum-exp merge; dispatch rules
 (gradients, masks, tiny problems go to torch); the calibration cache on disk."""
 import ctypes.util
+from concurrent.futures import ThreadPoolExecutor
 import json
 import math
 import os
@@ -264,20 +265,23 @@ def test_mkl_threads_restored_after_kernel():
     get_max, set_local = lib.MKL_Get_Max_Threads, lib.MKL_Set_Num_Threads_Local
     get_max.restype = set_local.restype = ctypes.c_int
     set_local.argtypes = [ctypes.c_int]
-    pool = K._get_pool(1)
     q, k, _ = data(24, 16, 3000)
     qs, kn = q.numpy(), k.numpy()
-    try:
-        for t in (set_local, lambda n: pool.submit(set_local, n).result()):
-            t(3)  # a setting of our own in this thread and in the worker, which the loop must give back
-        for variant in ("mkl", "mkl-t"):
-            for threads in (1, 2):
-                K.retrieve_numpy(qs, kn, None, 256, threads, variant=variant)
-                assert get_max() == 3
-                assert pool.submit(get_max).result() == 3
-    finally:
-        set_local(0)
-        pool.submit(set_local, 0).result()
+
+    def run_and_read(threads, variant):
+        set_local(3)  # a setting of this thread's own, which the loop must give back
+        try:
+            K.retrieve_numpy(qs, kn, None, 256, threads, variant=variant)
+            return get_max()
+        finally:
+            set_local(0)
+
+    for variant in ("mkl", "mkl-t"):
+        assert run_and_read(1, variant) == 3  # the loop ran in this thread
+        assert run_and_read(2, variant) == 3  # this thread and a pool worker
+        # a thread that is not the caller (the loop ran in it: one group, threads = 1 there)
+        with ThreadPoolExecutor(1) as ex:
+            assert ex.submit(run_and_read, 1, variant).result() == 3
 
 
 def test_bench_command_rejects_bad_cases_with_exit_2(tmp_path, capsys):
