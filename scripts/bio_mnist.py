@@ -76,6 +76,21 @@ def accuracy(net, x, y):
     return float((net(x).argmax(-1) == y).double().mean())
 
 
+def distinct_states(x: torch.Tensor, rel: float = 1e-3) -> int:
+    """How many different states the rows of ``x`` hold: a row whose largest coordinate difference
+    from one already counted is below ``rel`` times the largest |coordinate| of all rows is that one.
+    (Rounding to a grid of 1e-3 instead, as earlier versions did, splits two equal states whose
+    coordinates straddle a grid line - 51 for Model B's 50 memories on one machine - and is 28x
+    coarser for the unit vectors of Model C than for Model B's pixels.)"""
+    tol = rel * float(x.abs().max()) if x.numel() else 0.0
+    reps = x[:0]
+    for i in range(x.shape[0]):
+        row = x[i : i + 1]
+        if reps.shape[0] == 0 or float(torch.cdist(row, reps, p=float("inf")).min()) > tol:
+            reps = torch.cat([reps, row])
+    return reps.shape[0]
+
+
 def batched_recall(fn, cues, chunk, desc):
     outs = []
     for i in tqdm(range(0, cues.shape[0], chunk), desc=desc):
@@ -245,7 +260,7 @@ def main() -> None:
                 out = m.recall(xc).state
                 vis = out * xc.norm(dim=-1, keepdim=True) if kind == "sphere" else out
             rows.append({"model": name, "cues": cue_name, "recall_accuracy": accuracy(clf, vis, yc),
-                         "distinct_recalled_states": len({tuple(t) for t in torch.round(out * 1e3).to(torch.int64).tolist()})})
+                         "distinct_recalled_states": distinct_states(out.double())})
             if kind == "sphere":  # the raw unit-norm state, as the package returns it
                 rows.append({"model": name + " (unit-norm state, not rescaled)", "cues": cue_name,
                              "recall_accuracy": accuracy(clf, out, yc), "distinct_recalled_states": rows[-1]["distinct_recalled_states"]})

@@ -193,3 +193,25 @@ def test_mnist_experiment_quick(tmp_path):
         if model.startswith(("Model A", "Model B")):
             assert r["distinct_recalled_states"] <= 50  # one memory per hidden unit (KH eq. 9)
     assert rows[("Model A, F = x^3 (binary)", "test digits")]["recall_accuracy"] < 0.2
+
+
+def test_distinct_state_count_does_not_split_equal_states():
+    """scripts/bio_mnist.py counts recalled states as one when they agree to 1e-3 of the largest
+    |coordinate|: two states straddling a rounding-grid line (0.0125 +- 1e-7) are one state (rounding
+    to a 1e-3 grid made them two: 51 "distinct" states for Model B's 50 memories), states 1e-2 apart
+    are two, and the tolerance scales with the states (unit vectors with coordinates ~0.04)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "bio_mnist.py"
+    spec = importlib.util.spec_from_file_location("bio_mnist", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a = torch.tensor([[0.0125 - 1e-7, 1.0], [0.0125 + 1e-7, 1.0], [0.0225, 1.0]], dtype=torch.float64)
+    assert len({tuple(t) for t in torch.round(a[:2] * 1e3).tolist()}) == 2  # what the grid did
+    assert mod.distinct_states(a[:2]) == 1 and mod.distinct_states(a) == 2
+    u = torch.nn.functional.normalize(torch.randn(3, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    same = u[:1] + 1e-7
+    assert mod.distinct_states(torch.cat([u, same])) == 3
+    assert mod.distinct_states(torch.cat([u, u[:1] + 2e-3 * u.abs().max()])) == 4
+    assert mod.distinct_states(a[:0]) == 0
