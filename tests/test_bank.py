@@ -463,3 +463,25 @@ def test_bio_models_round_trip_and_append(tmp_path, layout):
             k: v for k, v in vars(ref).items() if not k.startswith("_")}
         with pytest.raises(ValueError, match="0 and 1"):
             bank.append(torch.full((1, 20), -1.0))
+
+
+@pytest.mark.parametrize("value", [[], {}, None, 5, "float7"])
+def test_manifest_dtype_of_a_wrong_type_is_a_corrupt_bank(tmp_path, value):
+    """A manifest whose dtype is not one of the known names (a list, a dict: unhashable; a number;
+    an unknown string), re-checksummed so that only the field check can catch it, raises
+    CorruptBankError (a list raised a bare TypeError: found by the slow fuzz test)."""
+    import json
+
+    import assocmem.bank
+    from assocmem import ModernHopfield
+    from assocmem.bank import CorruptBankError, MemoryBank
+
+    path = tmp_path / "b"
+    ModernHopfield(torch.ones(2, 3), beta=0.5).save(path, layout="dir")
+    man_path = path / "manifest.json"
+    man = json.loads(man_path.read_text())
+    man["dtype"] = value
+    man["manifest_sha256"] = assocmem.bank._manifest_digest(man)
+    man_path.write_text(json.dumps(man))
+    with pytest.raises(CorruptBankError, match="dtype"):
+        MemoryBank(path).load()

@@ -247,8 +247,13 @@ def fuzz_models(data):
         return
     shape = torch.as_tensor(cue).shape
     assert r.state.shape == shape and torch.isfinite(r.state).all()
-    no_nan(r.energy)
-    assert r.energy.shape[0] == r.steps + 1 and 0 <= r.steps <= int(max_steps)
+    # the energy trace is built when first read, and that read may reject a state whose energy
+    # overflows (DivergenceError); anything else is a bug
+    ok, energy = outcome(lambda: r.energy)
+    if ok:
+        no_nan(energy)
+        assert energy.shape[0] == r.steps + 1
+    assert 0 <= r.steps <= int(max_steps)
     if m.binary:
         assert bool(((r.state == 1) | (r.state == -1)).all())
     if clamp is not None and isinstance(clamp, torch.Tensor) and clamp.dtype == torch.bool and which != "spherical":

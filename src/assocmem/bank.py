@@ -694,7 +694,7 @@ class MemoryBank:
             isinstance(h.get("class"), str)
             and isinstance(h.get("config"), dict)
             and isinstance(h.get("patterns_key"), str)
-            and h.get("dtype") in _DTYPES
+            and isinstance(h.get("dtype"), str) and h["dtype"] in _DTYPES
             and isinstance(h.get("n_memories"), int) and h["n_memories"] >= 0
             and isinstance(h.get("n_features"), int) and h["n_features"] >= 0
         )

@@ -45,7 +45,9 @@ class RecallResult:
     (B,) bool (or a 0-d bool), ``energy`` trace (steps + 1, B) (or (steps + 1,)).
 
     ``energy`` may be passed as a callable that builds the trace; it is then evaluated when first
-    read (Model B reuses the steps' log-sum-exps and computes only the final state's energy then)."""
+    read (Model B reuses the steps' log-sum-exps and computes only the final state's energy then),
+    and that first read raises :class:`~assocmem.DivergenceError` where the final state's energy is
+    NaN or +inf (a state whose magnitude overflows the dtype), as recall does for the other steps."""
 
     __slots__ = ("state", "steps", "converged", "_energy")
 
