@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -436,27 +435,17 @@ def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, 
         loop = _native_loop(qs.dtype, blas) if blas else None
         if loop is not None and layout == "t" and B > 1:
             qsT = np.ascontiguousarray(qs.T)
-    if threads <= 1 or len(groups) == 1:
-        parts = [partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop, qsT) for a, b, c in groups]
-    else:
-        results: list = [None] * len(groups)
-        counter = itertools.count()
+    def part(group):
+        a, b, c = group
+        return partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop, qsT)
 
-        def work():
-            while True:
-                g = next(counter)
-                if g >= len(groups):
-                    return
-                a, b, c = groups[g]
-                results[g] = partial_numpy(qs, keys, values, a, b, c, bf16, lse_only, nat, loop, qsT)
-
-        pool = _get_pool(threads - 1)
+    if len(groups) == 1:
+        parts = [part(groups[0])]
+    else:  # one group per thread (see _groups): the pool takes all but the first, this thread that one
+        pool = _get_pool(len(groups) - 1)
         with _SingleThreadedBlas():
-            futures = [pool.submit(work) for _ in range(threads - 1)]
-            work()
-            for f in futures:
-                f.result()
-        parts = results
+            futures = [pool.submit(part, g) for g in groups[1:]]
+            parts = [part(groups[0])] + [f.result() for f in futures]
     merged = merge_partials(parts, inplace=True)  # the parts are this call's own arrays
     return finish(*merged) if normalise else merged
 
@@ -591,12 +580,12 @@ def _l2_bytes() -> int:
     return 1 << 20
 
 
-def _chunk_candidates(B: int, N: int, M: int, K: int, itemsize: int = 4) -> list[int]:
+def _chunk_candidates(B: int, N: int, M: int, K: int) -> list[int]:
     """Chunk sizes from the one whose working set (a chunk of the bank's keys and values and its
-    B x chunk scores) fills half an L2 cache, up to eight times that: the second product then reads
-    the chunk from cache (measured best: 128-256 rows at B = 64, N = 1024; 512-1024 at B = 256,
-    N = 256, on a 2 MiB L2)."""
-    row = (B + N + M) * itemsize
+    B x chunk scores, float32) fills half an L2 cache, up to eight times that: the second product
+    then reads the chunk from cache (measured best: 128-256 rows at B = 64, N = 1024; 512-1024 at
+    B = 256, N = 256, on a 2 MiB L2)."""
+    row = (B + N + M) * 4
     c0 = 1 << max(6, min(12, (_l2_bytes() // 2 // max(row, 1)).bit_length() - 1))
     cands = [c0, 2 * c0, 4 * c0, 8 * c0]
     small = [x for x in cands if x < K]
@@ -672,12 +661,13 @@ def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype =
     variants = _variants(dtype, kdtype, B)
     chunks = _chunk_candidates(B, N, M, Kp)
     # two stages: the variant (BLAS and score layout) at the default chunk, then the chunk for it
+    n_all = len(variants) + sum(c != c_def for c in chunks)  # candidates in both stages
     stage1 = {("numpy", c_def, v): candidate(c_def, v) for v in variants}
-    score = _paired_scores(stage1, torch_path, rounds, t0, len(stage1) + len(chunks) - 1)
+    score = _paired_scores(stage1, torch_path, rounds, t0, n_all)
     best_v = min(score, key=score.get)[2]
     stage2 = {("numpy", c, best_v): candidate(c, best_v) for c in chunks if c != c_def}
     if stage2:
-        score.update(_paired_scores(stage2, torch_path, rounds, t0, len(stage1) + len(stage2)))
+        score.update(_paired_scores(stage2, torch_path, rounds, t0, n_all))
     kernel = min(score, key=score.get)
     choice = kernel if score[kernel] < KERNEL_MARGIN else ("torch", 0, "")
     with _lock:

@@ -227,7 +227,7 @@ class TwoLayerNetwork(nn.Module):
         rows, Y, yv, yh, half = work.rows, work.Y, work.yv, work.yh, 0.5 * dt
         for i, c in ((1, half), (2, half), (3, dt)):
             torch.add(y, rows[i - 1], alpha=c, out=Y)
-            self.derivatives(yv, yh, clamp, out=(work.kv[i], work.kh[i]))
+            self.derivatives(yv, yh, clamp, out=work.k(i))
         return torch.addmv(y, work.K.T, work.weights(dt))
 
     def simulate(
@@ -305,7 +305,7 @@ class TwoLayerNetwork(nn.Module):
         adaptive = method in _int.ADAPTIVE
         stepper = None if adaptive else _int.FIXED_STEP[method]
         for k in range(1, n_steps + 1):
-            k1 = func((v, h)) if work is None else self.derivatives(v, h, clamp, out=(work.kv[0], work.kh[0]))
+            k1 = func((v, h)) if work is None else self.derivatives(v, h, clamp, out=work.k(0))
             nfe += 1
             speed = torch.maximum(torch.linalg.vector_norm(k1[0], math.inf, -1), torch.linalg.vector_norm(k1[1], math.inf, -1))
             fastest = float(speed.detach().max())  # the one synchronisation per step; NaN if anything is NaN
