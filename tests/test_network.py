@@ -295,3 +295,20 @@ def test_rk4_step_bad_input():
         net.rk4_step(torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64), 0.1)
     with pytest.raises(ValueError, match="dt"):
         net.rk4_step(torch.randn(2, 6), torch.randn(2, 4), 0.0)
+
+
+def test_rk4_step_rejects_bad_clamp_and_current():
+    net = TwoLayerNetwork(torch.randn(4, 6), Tanh(), Quadratic())
+    v, h = torch.randn(2, 6), torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"clamp: got .*expected a bool mask of shape \(6,\) or \(2, 6\)"):
+        net.rk4_step(v, h, 0.1, clamp=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="clamp"):
+        net.rk4_step(v, h, 0.1, clamp=torch.ones(3, 6, dtype=torch.bool))
+    net = TwoLayerNetwork(torch.randn(4, 6), Tanh(), Quadratic(), input_current=torch.randn(3, 6))
+    with pytest.raises(ValueError, match=r"input_current: got .*expected batch size 2"):
+        net.rk4_step(v, h, 0.1)
+    # a good clamp holds the clamped neurons
+    mask = torch.zeros(6, dtype=torch.bool)
+    mask[:2] = True
+    net = TwoLayerNetwork(torch.randn(4, 6), Tanh(), Quadratic())
+    assert torch.equal(net.rk4_step(v, h, 0.1, clamp=mask)[0][:, :2], v[:, :2])

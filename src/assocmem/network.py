@@ -209,11 +209,25 @@ class TwoLayerNetwork(nn.Module):
                 f"v, h: got {describe(v)} and {describe(h)}; expected shapes (B, {xi.shape[1]}) and (B, {xi.shape[0]}) "
                 f"in xi's dtype {xi.dtype}"
             )
+        clamp = self._batch_args(clamp, v.shape[0])
         if not self._flat_ok(v, h):
             return _int.rk4_step(lambda s: self.derivatives(s[0], s[1], clamp), (v, h), dt)
         work = _rk4_work(v.shape[0], self.n_features, self.n_memories, v.dtype, v.device)
         self.derivatives(v, h, clamp, out=work.k(0))
         return work.split(self._rk4_flat(work.flat(v, h), dt, clamp, work))
+
+    def _batch_args(self, clamp, B: int) -> torch.Tensor | None:
+        """For a batch of B states: ``clamp`` as a (B, N_f) bool mask on xi's device (None stays
+        None), and a check that a per-row input current has B rows; a clear error otherwise."""
+        if self.input_current is not None and self.input_current.ndim == 2 and self.input_current.shape[0] not in (1, B):
+            raise ValueError(f"input_current: got {describe(self.input_current)}; expected batch size {B} to match the state")
+        if clamp is None:
+            return None
+        clamp = check_tensor("clamp", clamp, ndim=(1, 2), floating=False, finite=False, dtype=torch.bool)
+        clamp = clamp.to(self.xi.device)
+        if clamp.shape[-1] != self.n_features or (clamp.ndim == 2 and clamp.shape[0] not in (1, B)):
+            raise ValueError(f"clamp: got {describe(clamp)}; expected a bool mask of shape ({self.n_features},) or ({B}, {self.n_features})")
+        return clamp.expand(B, -1)
 
     def _flat_ok(self, v: torch.Tensor, h: torch.Tensor) -> bool:
         """Whether the flat-buffer RK4 step may run: nothing the step computes needs a gradient."""
@@ -279,14 +293,7 @@ class TwoLayerNetwork(nn.Module):
             if h.shape != (B, self.n_memories):
                 raise ValueError(f"h0: got {describe(h0)}; expected shape ({B}, {self.n_memories}) to match v0 and xi")
             h = h.clone()
-        if clamp is not None:
-            clamp = check_tensor("clamp", clamp, ndim=(1, 2), floating=False, finite=False, dtype=torch.bool)
-            clamp = clamp.to(xi.device)
-            if clamp.shape[-1] != self.n_features or (clamp.ndim == 2 and clamp.shape[0] not in (1, B)):
-                raise ValueError(f"clamp: got {describe(clamp)}; expected a bool mask of shape ({self.n_features},) or ({B}, {self.n_features})")
-            clamp = clamp.expand(B, -1)
-        if self.input_current is not None and self.input_current.ndim == 2 and self.input_current.shape[0] not in (1, B):
-            raise ValueError(f"input_current: got {describe(self.input_current)}; expected batch size {B} to match v0")
+        clamp = self._batch_args(clamp, B)
 
         def func(state):
             return self.derivatives(state[0], state[1], clamp)
