@@ -115,7 +115,7 @@ def cases(shape, seed=0):
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename over ``path`` (assocmem's bank writer)."""
-    from assocmem.bank import atomic_write_bytes
+    from assocmem._io import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)

@@ -168,7 +168,7 @@ def run(n_train_bags=5000, n_test_bags=1000, epochs=8, target=9, seed=0, batch_s
 # -- output -----------------------------------------------------------------------------------------------
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename over ``path`` (assocmem's bank writer)."""
-    from assocmem.bank import atomic_write_bytes
+    from assocmem._io import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)

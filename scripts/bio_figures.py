@@ -25,7 +25,7 @@ from torch.distributions import Normal
 from tqdm.auto import tqdm
 
 from assocmem import integrators
-from assocmem.bank import atomic_replace
+from assocmem._io import atomic_replace
 from assocmem.bio import DendriticEIMemory, ThresholdMemory, stability_bound
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "figures"

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from assocmem import DenseAssociativeMemory, ModernHopfield, SphericalMemory
-from assocmem.bank import atomic_replace
+from assocmem._io import atomic_replace
 from assocmem.bio import ThresholdMemory
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "figures"

@@ -5,6 +5,7 @@ The general two-layer network (``TwoLayerNetwork``, KH eq. 1-4) built from Lagra
 ``DenseAssociativeMemory``, ``ModernHopfield``, ``SphericalMemory``, KH section 3). Every model
 has ``save(path)``; ``assocmem.load(path)`` reads it back (``assocmem.bank``).
 """
+from ._version import __version__
 from ._validation import AssocmemError, BankVersionError, CorruptBankError, DivergenceError
 from . import lagrangians
 from .lagrangians import Lagrangian
@@ -19,7 +20,6 @@ from .models import (
 from .network import Trajectory, TwoLayerNetwork
 from .bank import MemoryBank, load, open_bank
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AssocmemError",

@@ -542,7 +542,7 @@ def _save_disk() -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = {"format": CACHE_FORMAT, "machine": _machine_id(), "torch": torch.__version__,
                 "decisions": {json.dumps(list(k)): list(v) for k, v in _decisions.items()}}
-        from .bank import atomic_write_bytes
+        from ._io import atomic_write_bytes
 
         atomic_write_bytes(path, json.dumps(data, indent=0).encode())
     except OSError:

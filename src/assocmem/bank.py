@@ -22,7 +22,17 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ._io import (
+    TMP_PREFIX,
+    atomic_replace,
+    atomic_write_bytes,
+    file_lock,
+    fsync_dir,
+    remove_stale_temporaries,
+    tmp_prefix,
+)
 from ._validation import BankVersionError, CorruptBankError, check_tensor, describe
+from ._version import __version__
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,7 +50,6 @@ _FORMAT = "assocmem-bank"
 _META_KEY = "assocmem_bank"
 _MANIFEST = "manifest.json"
 _SEGMENT_RE = re.compile(r"^seg-(\d{6})-([0-9a-f]{8})\.safetensors$")
-_TMP_PREFIX = ".tmp-"
 _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -56,102 +65,10 @@ def _dtype_name(dt: torch.dtype) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Atomic file operations: temp file in the same directory, fsync, os.replace, fsync the directory
 # ---------------------------------------------------------------------------------------------------
-def _fsync_dir(path) -> None:
-    """Flush a directory entry (after a rename) to disk; a no-op where directories have no handle."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _tmp_prefix(name: str) -> str:
-    return f"{_TMP_PREFIX}{name}.{os.getpid()}."
-
-
-def remove_stale_temporaries(parent: Path, name: str) -> None:
-    """Delete temporary files/directories left beside ``parent/name`` by writers that were killed
-    (their names carry the writer's pid; only those of dead processes are touched)."""
-    head = f"{_TMP_PREFIX}{name}."
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        if not p.name.startswith(head):
-            continue
-        pid = p.name[len(head):].split(".", 1)[0]
-        if not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        try:
-            if p.is_dir():
-                for q in p.iterdir():
-                    q.unlink()
-                p.rmdir()
-            else:
-                p.unlink()
-        except OSError:
-            pass
-
-
-def atomic_replace(path, write: Callable[[Path], None]) -> None:
-    """Create ``path`` atomically: ``write(tmp)`` fills a temporary file in the same directory, which
-    is fsynced and renamed over ``path`` (then the directory is fsynced). A crash at any moment
-    leaves the old file or the new one, never a mixture; the temporary file is removed on error,
-    and temporaries of killed writers are removed by the next write."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    remove_stale_temporaries(parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), dir=str(parent))
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the mode open() would give, not mkstemp's private 0600
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(parent)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_replace`)."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_replace(path, write)
+# atomic writes, locks and creation modes live in assocmem._io; re-exported here (public names)
+_fsync_dir = fsync_dir
+_TMP_PREFIX = TMP_PREFIX
+_tmp_prefix = tmp_prefix
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -424,8 +341,6 @@ def _check_format(obj, path: Path, what: str) -> None:
     if not isinstance(v, int) or isinstance(v, bool):
         raise CorruptBankError(f"{path}: {what} has format_version {v!r}; expected an integer")
     if v > FORMAT_VERSION:
-        from . import __version__
-
         raise BankVersionError(
             f"{path}: written by a newer bank format (version {v}, assocmem {obj.get('assocmem_version', '?')}); "
             f"this assocmem {__version__} reads format versions up to {FORMAT_VERSION}: upgrade assocmem to load it"
@@ -435,8 +350,6 @@ def _check_format(obj, path: Path, what: str) -> None:
 
 
 def _header_for(obj, codec: _Codec, config: dict, tensors: dict[str, torch.Tensor]) -> dict:
-    from . import __version__
-
     xi = tensors[codec.patterns_key]
     return {
         "format": _FORMAT,
@@ -478,26 +391,9 @@ def _manifest_digest(m: dict) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in m.items() if k != "manifest_sha256"}).encode()).hexdigest()
 
 
-class _Lock:
-    """An advisory exclusive lock on ``dir/.lock`` (POSIX flock) while a bank directory is written."""
-
-    def __init__(self, directory: Path):
-        self.path = directory / ".lock"
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no advisory locking
-            return self
-        self.fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the flock
-        return False
+def _Lock(directory: Path) -> file_lock:
+    """The writers' lock of a directory bank (``dir/.lock``)."""
+    return file_lock(directory / ".lock")
 
 
 def _is_bank_file(path: Path) -> bool:

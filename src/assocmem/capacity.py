@@ -1221,7 +1221,7 @@ def criterion_curve(model: str = "classical", N: int = 100, loads: Sequence[int]
 # output: CSV, JSON, PNG (each written atomically)
 # -------------------------------------------------------------------------------------------------
 def _atomic_write(path, data: bytes) -> None:
-    from .bank import atomic_write_bytes
+    from ._io import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 import sys
 
-from . import __version__
+from ._version import __version__
 from ._validation import AssocmemError
 
 __all__ = ["main", "build_parser"]

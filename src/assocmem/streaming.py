@@ -21,7 +21,7 @@ import torch
 from . import _kernels
 from ._validation import (CorruptBankError, DivergenceError, all_finite, as_batch, check_int, check_positive, check_tensor,
                           describe)
-from .bank import _fsync_dir
+from ._io import fsync_dir as _fsync_dir
 from .models import RecallResult, _active_rows, _half_sq_norm, _max_abs_change
 
 __all__ = ["MemmapBank", "write_bank", "streaming_retrieve", "StreamingMemory"]

@@ -435,7 +435,7 @@ def print_table(rows, peak):
 
 
 def write_json_atomic(path: str, payload) -> None:
-    from ..bank import atomic_write_bytes
+    from .._io import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
 
