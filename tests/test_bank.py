@@ -485,3 +485,43 @@ def test_manifest_dtype_of_a_wrong_type_is_a_corrupt_bank(tmp_path, value):
     man_path.write_text(json.dumps(man))
     with pytest.raises(CorruptBankError, match="dtype"):
         MemoryBank(path).load()
+
+
+# -- every catalog Lagrangian round-trips with non-default parameters (its spec() is what is stored)
+_NON_DEFAULT = {
+    "Quadratic": {}, "Abs": {}, "Tanh": {"beta": 2.5}, "Sigmoid": {"beta": 0.3}, "RectifiedPower": {"n": 5},
+    "Power": {"n": 4}, "Exp": {"beta": 0.7}, "LogSumExp": {"beta": 3.5}, "Spherical": {"eps": 0.25},
+    "LayerNorm": {"gamma": 1.7, "eps": 0.01, "delta": 0.4}, "Heaviside": {"theta": 0.21},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NON_DEFAULT))
+@pytest.mark.parametrize("layout", ["file", "dir"])
+def test_every_catalog_lagrangian_round_trips_with_non_default_parameters(tmp_path, name, layout):
+    from assocmem import lagrangians as L
+
+    assert set(_NON_DEFAULT) == set(L.CATALOG), "a catalog Lagrangian has no round-trip case"
+    cls = L.CATALOG[name]
+    lag = cls(**_NON_DEFAULT[name])
+    xi = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    net = TwoLayerNetwork(xi, L.Quadratic(), lag) if name not in ("Spherical", "LayerNorm") else TwoLayerNetwork(xi, lag, L.LogSumExp())
+    path = tmp_path / ("b.safetensors" if layout == "file" else "b")
+    net.save(path, layout=layout)
+    back = assocmem.load(path)
+    stored = back.lagrangian_h if name not in ("Spherical", "LayerNorm") else back.lagrangian_v
+    assert type(stored) is cls
+    for k, v in _NON_DEFAULT[name].items():
+        assert float(getattr(stored, k)) == pytest.approx(float(v), abs=0), k
+    x = torch.randn(3, 6, dtype=torch.float64) if name not in ("Spherical", "LayerNorm") else torch.randn(3, 5, dtype=torch.float64)
+    assert torch.equal(stored.value(x), lag.value(x))
+
+
+def test_learnable_lagrangian_parameters_stay_tensors(tmp_path):
+    from assocmem import lagrangians as L
+
+    beta = torch.nn.Parameter(torch.tensor(1.2345678901234, dtype=torch.float64))
+    net = TwoLayerNetwork(torch.randn(4, 3, dtype=torch.float64), L.Quadratic(), L.LogSumExp(beta=beta))
+    net.save(tmp_path / "b.safetensors")
+    back = assocmem.load(tmp_path / "b.safetensors")
+    assert isinstance(back.lagrangian_h.beta, torch.nn.Parameter)
+    assert torch.equal(back.lagrangian_h.beta.detach(), beta.detach())

@@ -31,6 +31,7 @@ from ._io import (
     remove_stale_temporaries,
     tmp_prefix,
 )
+from .lagrangians import _STORABLE, Lagrangian, from_spec
 from ._validation import BankVersionError, CorruptBankError, check_tensor, describe
 from ._version import __version__
 
@@ -169,24 +170,19 @@ def _dec_scalar(value, tensors: dict):
 
 
 def _enc_lagrangian(prefix: str, lag, tensors: dict) -> dict:
-    from .lagrangians import CATALOG
-
+    """A Lagrangian as stored: its own :meth:`~assocmem.lagrangians.Lagrangian.spec` (tensor
+    parameters kept as tensors under ``prefix.param``)."""
     name = type(lag).__name__
-    if CATALOG.get(name) is not type(lag):
+    if not isinstance(lag, Lagrangian) or _STORABLE.get(name) is not type(lag):
         raise TypeError(
-            f"{prefix}: got a {name}; only the Lagrangians of assocmem.lagrangians.CATALOG can be stored in a bank"
+            f"{prefix}: got a {name}; only the Lagrangians of assocmem.lagrangians.CATALOG and module-level "
+            "subclasses of Lagrangian with a unique class name can be stored in a bank"
         )
-    spec = {"name": name}  # Lagrangian.spec() without float() of learnable tensors
-    for k in ("beta", "n", "gamma", "eps", "delta"):
-        if hasattr(lag, k):
-            spec[k] = _enc_scalar(f"{prefix}.{k}", getattr(lag, k), tensors)
-    return spec
+    return lag.spec(tensors, prefix)
 
 
 def _dec_lagrangian(spec: dict, tensors: dict):
-    from .lagrangians import from_spec
-
-    return from_spec({k: _dec_scalar(v, tensors) for k, v in spec.items()})
+    return from_spec(spec, tensors)
 
 
 def _register_builtins() -> None:

@@ -93,14 +93,42 @@ class Lagrangian(nn.Module, abc.ABC):
                 parts.append(f"{k}={float(v) if isinstance(v, torch.Tensor) else v}")
         return ", ".join(parts)
 
-    def spec(self) -> dict:
-        """A JSON-serialisable description, inverted by :func:`from_spec` (used by saved banks)."""
-        d = {"name": type(self).__name__}
-        for k in ("beta", "n", "gamma", "eps"):
-            if hasattr(self, k):
-                v = getattr(self, k)
-                d[k] = float(v) if isinstance(v, torch.Tensor) else v
+    #: the constructor arguments that define this Lagrangian, stored under these names by
+    #: :meth:`spec` (the one place a Lagrangian's parameters are listed; banks store exactly this)
+    params: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "__abstractmethods__", None) and "<locals>" not in cls.__qualname__:
+            _STORABLE.setdefault(cls.__name__, cls)  # storable by name (the first class of a name)
+
+    def spec(self, tensors: dict | None = None, prefix: str = "") -> dict:
+        """A JSON-serialisable description ``{"name": ..., <param>: value}``, inverted by
+        :func:`from_spec`. With ``tensors`` (a dict), tensor-valued parameters (learnable
+        ``nn.Parameter`` s, LayerNorm's ``delta``) are put there under ``prefix.param`` and the
+        description refers to them, so nothing is rounded to a float; without it they become floats
+        where they are scalars."""
+        d: dict = {"name": type(self).__name__}
+        for k in self.params:
+            v = getattr(self, k)
+            if isinstance(v, torch.Tensor):
+                if tensors is not None:
+                    key = f"{prefix}.{k}" if prefix else k
+                    tensors[key] = v.detach()
+                    v = {"tensor": key, "parameter": isinstance(v, nn.Parameter)}
+                elif v.numel() == 1:
+                    v = float(v)
+                else:
+                    v = v.detach().tolist()
+            elif isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+                pass
+            else:
+                v = float(v)
+            d[k] = v
         return d
+
+
+_STORABLE: dict[str, type[Lagrangian]] = {}
 
 
 class Quadratic(Lagrangian):
@@ -142,6 +170,8 @@ class Tanh(Lagrangian):
 
     bounded = True
 
+    params = ("beta",)
+
     def __init__(self, beta: float = 1.0):
         super().__init__()
         self.beta = check_positive("beta", beta)
@@ -167,6 +197,8 @@ class Sigmoid(Lagrangian):
     """L = sum softplus(beta x) / beta; activation: sigmoid(beta x), rates in (0, 1)."""
 
     bounded = True
+
+    params = ("beta",)
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
@@ -194,6 +226,8 @@ class Sigmoid(Lagrangian):
 class RectifiedPower(Lagrangian):
     """L = sum max(x, 0)^n; activation: n max(x, 0)^(n-1). Convex for n >= 1 (Model A, KH2016)."""
 
+    params = ("n",)
+
     def __init__(self, n: int = 2):
         super().__init__()
         self.n = check_int("n", n, minimum=1)
@@ -216,6 +250,8 @@ class RectifiedPower(Lagrangian):
 class Power(Lagrangian):
     """L = sum x^n; activation n x^(n-1). Convex only for even n: for odd n ``convex`` is False,
     so the two-layer energy is not guaranteed to decrease (KH eq. 10 needs f' >= 0)."""
+
+    params = ("n",)
 
     def __init__(self, n: int = 2):
         super().__init__()
@@ -244,6 +280,8 @@ class Exp(Lagrangian):
     models, which work in log space, for large arguments.
     """
 
+    params = ("beta",)
+
     def __init__(self, beta: float = 1.0):
         super().__init__()
         self.beta = check_positive("beta", beta)
@@ -270,6 +308,8 @@ class LogSumExp(Lagrangian):
 
     additive = False
     bounded = True
+
+    params = ("beta",)
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
@@ -301,6 +341,8 @@ class Spherical(Lagrangian):
 
     additive = False
     bounded = True
+
+    params = ("eps",)
 
     def __init__(self, eps: float = 0.0):
         super().__init__()
@@ -338,6 +380,8 @@ class LayerNorm(Lagrangian):
     gamma (x - mean) / sqrt(var + eps) + delta (as in HAMUX). Convex for gamma > 0."""
 
     additive = False
+
+    params = ("gamma", "eps", "delta")
 
     def __init__(self, gamma: float = 1.0, eps: float = 1e-5, delta: torch.Tensor | float = 0.0):
         super().__init__()
@@ -379,12 +423,27 @@ CATALOG: dict[str, type[Lagrangian]] = {
 }
 
 
-def from_spec(spec: dict) -> Lagrangian:
-    """Rebuild a Lagrangian from :meth:`Lagrangian.spec`."""
-    if not isinstance(spec, dict) or spec.get("name") not in CATALOG:
-        raise ValueError(f"lagrangian spec: got {spec!r}; expected a dict with 'name' in {sorted(CATALOG)}")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    return CATALOG[spec["name"]](**kwargs)
+def from_spec(spec: dict, tensors: dict | None = None) -> Lagrangian:
+    """Rebuild a Lagrangian from :meth:`Lagrangian.spec` (``tensors``: the dict that ``spec`` filled,
+    for parameters stored as tensors). Raises ValueError for an unknown name or parameter."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec["name"] not in _STORABLE:
+        raise ValueError(f"lagrangian spec: got {spec!r}; expected a dict with 'name' in {sorted(_STORABLE)}")
+    cls = _STORABLE[spec["name"]]
+    kwargs = {}
+    for k, v in spec.items():
+        if k == "name":
+            continue
+        if k not in cls.params:
+            raise ValueError(f"lagrangian spec: {cls.__name__} has no parameter {k!r}; expected some of {list(cls.params)}")
+        if isinstance(v, dict) and "tensor" in v:
+            if tensors is None or v["tensor"] not in tensors:
+                raise ValueError(f"lagrangian spec: parameter {k!r} refers to the tensor {v['tensor']!r}, which is not given")
+            t = tensors[v["tensor"]]
+            v = nn.Parameter(t.clone()) if v.get("parameter") else t
+        elif isinstance(v, list):
+            v = torch.tensor(v)
+        kwargs[k] = v
+    return cls(**kwargs)
 
 
 class Heaviside(Lagrangian):
@@ -393,6 +452,8 @@ class Heaviside(Lagrangian):
     The Hessian is zero away from the kink, so ``curvature`` is 0; the Legendre term is theta·Θ(x - theta)."""
 
     bounded = True
+
+    params = ("theta",)
 
     def __init__(self, theta: float = 0.5):
         super().__init__()
@@ -412,9 +473,6 @@ class Heaviside(Lagrangian):
 
     def extra_repr(self) -> str:
         return f"theta={float(self.theta)}"
-
-    def spec(self) -> dict:
-        return {"name": "Heaviside", "theta": float(self.theta)}
 
 
 CATALOG[Heaviside.__name__] = Heaviside
