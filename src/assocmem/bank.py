@@ -31,7 +31,7 @@ from ._io import (
     remove_stale_temporaries,
     tmp_prefix,
 )
-from .lagrangians import _STORABLE, Lagrangian, from_spec
+from .lagrangians import from_spec
 from ._validation import BankVersionError, CorruptBankError, check_tensor, describe
 from ._version import __version__
 
@@ -110,8 +110,8 @@ def register(cls: type, to_bank=None, from_bank=None, patterns_key: str = "xi") 
     """Make ``cls`` storable. ``to_bank(obj) -> (config, tensors)`` gives a JSON-serialisable dict
     and a dict of tensors (the appendable pattern matrix under ``patterns_key``, one pattern per
     row); ``from_bank(config, tensors) -> obj`` rebuilds it. By default the class's own
-    ``_bank_config(self)`` and ``_from_bank(cls, config, tensors)`` are used, so a class can opt in
-    by defining those two methods (classes in ``assocmem.*`` are then found without registering)."""
+    ``_bank_config(self)`` and ``_from_bank(cls, config, tensors)`` are used; subclasses of
+    :class:`Storable` defining those two methods are registered when they are defined."""
     to_bank = to_bank or getattr(cls, "_bank_config", None)
     from_bank = from_bank or getattr(cls, "_from_bank", None)
     if to_bank is None or from_bank is None:
@@ -120,40 +120,79 @@ def register(cls: type, to_bank=None, from_bank=None, patterns_key: str = "xi") 
     return cls
 
 
+class Storable:
+    """Mixin of every class that can be written as a memory bank.
+
+    A subclass says what it stores: ``_bank_config(self) -> (config, tensors)`` (a JSON-serialisable
+    dict and a dict of tensors, the appendable pattern matrix under ``_bank_patterns_key``, one
+    pattern per row) and the classmethod ``_from_bank(cls, config, tensors)`` that rebuilds it.
+    Optionally ``_bank_extend(cls, config, n_old, n_new, **kwargs) -> config`` says how the stored
+    configuration changes when ``n_new`` patterns are appended (e.g. names of appended images).
+    Subclasses are registered by class name when defined, so this module never imports them; it
+    gives them :meth:`save`."""
+
+    _bank_patterns_key = "xi"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if ("<locals>" not in cls.__qualname__ and callable(getattr(cls, "_bank_config", None))
+                and callable(getattr(cls, "_from_bank", None)) and cls.__name__ not in _REGISTRY):
+            register(cls)
+
+    @classmethod
+    def _bank_extend(cls, config: dict, n_old: int, n_new: int, **kwargs) -> dict:
+        if kwargs:
+            raise TypeError(f"append: {cls.__name__} banks take no keyword arguments; got {sorted(kwargs)}")
+        return config
+
+    def save(self, path, *, layout: str = "auto") -> "MemoryBank":
+        """Write this model as a memory bank (atomic, checksummed); ``assocmem.load(path)`` reads it
+        back. Returns the :class:`~assocmem.bank.MemoryBank` (``.append(patterns)`` adds patterns).
+        ``layout``: "file" (one safetensors file), "dir" (a directory of segments, cheap appends) or
+        "auto" (a file for paths ending in ``.safetensors``, a directory otherwise)."""
+        return save(self, path, layout=layout)
+
+
 def _codec_for_object(obj) -> _Codec:
     _register_builtins()
     c = _REGISTRY.get(type(obj).__name__)
     if c is not None and c.cls is type(obj):
         return c
-    if hasattr(type(obj), "_bank_config") and hasattr(type(obj), "_from_bank"):
-        register(type(obj))
-        return _REGISTRY[type(obj).__name__]
+    if callable(getattr(type(obj), "_bank_config", None)) and callable(getattr(type(obj), "_from_bank", None)):
+        return _Codec(type(obj), type(obj)._bank_config, type(obj)._from_bank,
+                      getattr(type(obj), "_bank_patterns_key", "xi"))
     raise TypeError(
         f"model: got {describe(obj)}; expected one of the storable classes {sorted(_REGISTRY)} "
         "(or a class defining _bank_config and _from_bank)"
     )
 
 
-def _codec_for_name(name: str, module: str | None, path: Path) -> _Codec:
+def _codec_for_name(name: str, module, path: Path) -> _Codec:
     _register_builtins()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
+    c = _REGISTRY.get(name)
     if isinstance(module, str) and (module == "assocmem" or module.startswith("assocmem.")):
-        try:
-            cls = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            cls = None
-        if cls is not None and hasattr(cls, "_from_bank") and hasattr(cls, "_bank_config"):
-            register(cls)
-            return _REGISTRY[name]
+        # the class's own module (or the package that re-exports it), imported by name on demand
+        if c is None or not (c.cls.__module__ == module or module.startswith(c.cls.__module__ + ".")
+                             or c.cls.__module__.startswith(module + ".")):
+            try:
+                cls = getattr(importlib.import_module(module), name, None)
+            except ImportError:
+                cls = None
+            if isinstance(cls, type) and callable(getattr(cls, "_from_bank", None)) and callable(getattr(cls, "_bank_config", None)):
+                c = _REGISTRY[name] if _REGISTRY.get(name, None) is not None and _REGISTRY[name].cls is cls else \
+                    _Codec(cls, cls._bank_config, cls._from_bank, getattr(cls, "_bank_patterns_key", "xi"))
+    if c is not None:
+        return c
     raise CorruptBankError(
         f"{path}: stores a model of class {name!r} (module {module!r}) that this assocmem cannot rebuild; "
         f"known classes: {sorted(_REGISTRY)}"
     )
 
 
-# -- parameters that may be floats or tensors (learnable) ------------------------------------------
-def _enc_scalar(key: str, value, tensors: dict) -> Any:
+# -- helpers for the classes' _bank_config / _from_bank --------------------------------------------
+def encode_scalar(key: str, value, tensors: dict) -> Any:
+    """A parameter that may be a float or a tensor (learnable): tensors go into ``tensors[key]`` and
+    the config refers to them; numbers stay numbers."""
     if isinstance(value, torch.Tensor):
         tensors[key] = value.detach()
         return {"tensor": key, "parameter": isinstance(value, nn.Parameter)}
@@ -162,22 +201,32 @@ def _enc_scalar(key: str, value, tensors: dict) -> Any:
     return float(value)
 
 
-def _dec_scalar(value, tensors: dict):
+def decode_scalar(value, tensors: dict):
+    """Inverse of :func:`encode_scalar`."""
     if isinstance(value, dict) and "tensor" in value:
         t = tensors[value["tensor"]]
         return nn.Parameter(t.clone()) if value.get("parameter") else t
     return value
 
 
+def check_config(config, keys, optional=()) -> dict:
+    """The stored configuration of a class, checked: a dict holding every key of ``keys`` and
+    nothing outside ``keys`` and ``optional`` (a stored key is never passed on blindly, e.g. as
+    ``**kwargs``). Raises ValueError, which loading reports as a CorruptBankError naming the file."""
+    if not isinstance(config, dict):
+        raise ValueError(f"the stored configuration is {describe(config)}; expected a JSON object")
+    missing = [k for k in keys if k not in config]
+    extra = sorted(k for k in config if k not in keys and k not in optional)
+    if missing or extra:
+        raise ValueError(f"the stored configuration lacks {missing} / has unexpected keys {extra}")
+    return config
+
+
+_enc_scalar, _dec_scalar = encode_scalar, decode_scalar
+
+
 def _enc_lagrangian(prefix: str, lag, tensors: dict) -> dict:
-    """A Lagrangian as stored: its own :meth:`~assocmem.lagrangians.Lagrangian.spec` (tensor
-    parameters kept as tensors under ``prefix.param``)."""
-    name = type(lag).__name__
-    if not isinstance(lag, Lagrangian) or _STORABLE.get(name) is not type(lag):
-        raise TypeError(
-            f"{prefix}: got a {name}; only the Lagrangians of assocmem.lagrangians.CATALOG and module-level "
-            "subclasses of Lagrangian with a unique class name can be stored in a bank"
-        )
+    """A Lagrangian as stored: its own :meth:`~assocmem.lagrangians.Lagrangian.spec`."""
     return lag.spec(tensors, prefix)
 
 
@@ -189,7 +238,6 @@ def _register_builtins() -> None:
     if "ClassicalHopfield" in _REGISTRY:
         return
     from .models import ClassicalHopfield, DenseAssociativeMemory, ModernHopfield, SphericalMemory
-    from .network import TwoLayerNetwork
 
     register(ClassicalHopfield, lambda m: ({}, {"xi": m.xi}), lambda c, t: ClassicalHopfield(t["xi"]))
 
@@ -213,56 +261,6 @@ def _register_builtins() -> None:
         lambda c, t: SphericalMemory(t["xi"], F=c["F"], n=c["n"], alpha=c["alpha"], beta=c["beta"]),
     )
 
-    def net_to(m):
-        tensors = {"xi": m.xi}
-        cfg = {
-            "lagrangian_v": _enc_lagrangian("lagrangian_v", m.lagrangian_v, tensors),
-            "lagrangian_h": _enc_lagrangian("lagrangian_h", m.lagrangian_h, tensors),
-            "tau_f": _enc_scalar("tau_f", m.tau_f, tensors),
-            "tau_h": _enc_scalar("tau_h", m.tau_h, tensors),
-            "alpha": _enc_scalar("alpha", m.alpha, tensors),
-            "xi_parameter": isinstance(m.xi, nn.Parameter),
-            "input_current": m.input_current is not None,
-        }
-        if m.input_current is not None:
-            tensors["input_current"] = m.input_current
-        return cfg, tensors
-
-    def net_from(c, t):
-        xi = nn.Parameter(t["xi"].clone()) if c["xi_parameter"] else t["xi"]
-        return TwoLayerNetwork(
-            xi,
-            _dec_lagrangian(c["lagrangian_v"], t),
-            _dec_lagrangian(c["lagrangian_h"], t),
-            tau_f=_dec_scalar(c["tau_f"], t),
-            tau_h=_dec_scalar(c["tau_h"], t),
-            alpha=_dec_scalar(c["alpha"], t),
-            input_current=t.get("input_current") if c["input_current"] else None,
-        )
-
-    register(TwoLayerNetwork, net_to, net_from)
-
-    try:  # the biologically plausible models (MODELS.md sections 5-6)
-        from .bio import DendriticEIMemory, ThresholdMemory
-    except ImportError:  # pragma: no cover - package built without assocmem.bio
-        return
-    # ThresholdMemory: xi (N_h, N_v), one row per hidden neuron; appending adds hidden neurons
-    register(
-        ThresholdMemory,
-        lambda m: ({"theta": m.theta, "tau_v": m.tau_v, "tau_h": m.tau_h}, {"xi": m.xi}),
-        lambda c, t: ThresholdMemory(t["xi"], theta=c["theta"], tau_v=c["tau_v"], tau_h=c["tau_h"]),
-    )
-    _EI = ("n", "dendrites", "r0", "r1", "theta_d", "kappa", "x_off", "x_on", "max_rate_e", "max_rate_i",
-           "tau_e", "tau_i", "tau_s")
-
-    def ei_to(m):
-        cfg = {k: getattr(m, k) for k in _EI}
-        # q1 defaults to max_rate_i / F_max of the patterns: stored as None then, so that a bank with
-        # appended patterns rebuilds exactly what the constructor gives for all of them
-        cfg["q1"] = None if m.q1 == m.max_rate_i / m.F_max else m.q1
-        return cfg, {"xi": m.xi}
-
-    register(DendriticEIMemory, ei_to, lambda c, t: DendriticEIMemory(t["xi"], **c))
 
 
 # ---------------------------------------------------------------------------------------------------

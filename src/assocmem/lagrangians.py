@@ -109,6 +109,12 @@ class Lagrangian(nn.Module, abc.ABC):
         description refers to them, so nothing is rounded to a float; without it they become floats
         where they are scalars."""
         d: dict = {"name": type(self).__name__}
+        if tensors is not None and _STORABLE.get(type(self).__name__) is not type(self):
+            raise TypeError(
+                f"{prefix or 'lagrangian'}: got a {type(self).__name__}; only the Lagrangians of "
+                "assocmem.lagrangians.CATALOG and module-level subclasses of Lagrangian with a unique class "
+                "name can be stored in a bank"
+            )
         for k in self.params:
             v = getattr(self, k)
             if isinstance(v, torch.Tensor):

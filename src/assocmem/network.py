@@ -22,7 +22,8 @@ from ._validation import (
     check_tensor,
     describe,
 )
-from .lagrangians import Lagrangian
+from .bank import Storable, check_config, decode_scalar, encode_scalar
+from .lagrangians import Lagrangian, from_spec
 
 __all__ = ["TwoLayerNetwork", "Trajectory"]
 
@@ -50,7 +51,7 @@ class Trajectory:
         return self.h[-1]
 
 
-class TwoLayerNetwork(nn.Module):
+class TwoLayerNetwork(Storable, nn.Module):
     """Feature neurons ``v`` (N_f) and memory neurons ``h`` (N_h) coupled by ``xi`` (N_h, N_f).
 
     Parameters
@@ -102,12 +103,36 @@ class TwoLayerNetwork(nn.Module):
             input_current = self._check_current(input_current)
         self.register_buffer("input_current", input_current)
 
-    def save(self, path, *, layout: str = "auto"):
-        """Write this network as a memory bank (atomic, checksummed); ``assocmem.load(path)`` reads
-        it back. Returns the :class:`~assocmem.bank.MemoryBank`."""
-        from .bank import save
+    # -- memory bank (what a bank stores: assocmem.bank) --------------------------------------------
+    def _bank_config(self):
+        tensors = {"xi": self.xi}
+        cfg = {
+            "lagrangian_v": self.lagrangian_v.spec(tensors, "lagrangian_v"),
+            "lagrangian_h": self.lagrangian_h.spec(tensors, "lagrangian_h"),
+            "tau_f": encode_scalar("tau_f", self.tau_f, tensors),
+            "tau_h": encode_scalar("tau_h", self.tau_h, tensors),
+            "alpha": encode_scalar("alpha", self.alpha, tensors),
+            "xi_parameter": isinstance(self.xi, nn.Parameter),
+            "input_current": self.input_current is not None,
+        }
+        if self.input_current is not None:
+            tensors["input_current"] = self.input_current
+        return cfg, tensors
 
-        return save(self, path, layout=layout)
+    @classmethod
+    def _from_bank(cls, config, tensors):
+        c = check_config(config, ("lagrangian_v", "lagrangian_h", "tau_f", "tau_h", "alpha", "xi_parameter",
+                                  "input_current"))
+        xi = nn.Parameter(tensors["xi"].clone()) if c["xi_parameter"] else tensors["xi"]
+        return cls(
+            xi,
+            from_spec(c["lagrangian_v"], tensors),
+            from_spec(c["lagrangian_h"], tensors),
+            tau_f=decode_scalar(c["tau_f"], tensors),
+            tau_h=decode_scalar(c["tau_h"], tensors),
+            alpha=decode_scalar(c["alpha"], tensors),
+            input_current=tensors["input_current"] if c["input_current"] else None,
+        )
 
     # -- shapes ----------------------------------------------------------------------------------
     @property

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import integrators as _int
+from ..bank import Storable, check_config
 from .._validation import DivergenceError, check_choice, check_int, check_positive, check_tensor, describe
 from ._threads import single_thread_if_small
 
@@ -35,7 +36,7 @@ class DendriticRecallResult:
     t: float
 
 
-class DendriticEIMemory(nn.Module):
+class DendriticEIMemory(Storable, nn.Module):
     """Associative memory of binary patterns with excitatory (E) and inhibitory (I) populations.
 
     Populations (rates in Hz, time in ms):
@@ -295,12 +296,21 @@ class DendriticEIMemory(nn.Module):
             return DendriticRecallResult(out[0], {k: v[0] for k, v in rates.items()}, converged[0], steps, t)
         return DendriticRecallResult(out, rates, converged, steps, t)
 
-    def save(self, path, *, layout: str = "auto"):
-        """Write this model as a memory bank (atomic, checksummed; see ``assocmem.bank``);
-        ``assocmem.load(path)`` reads it back."""
-        from ..bank import save
+    # -- memory bank ---------------------------------------------------------------------------------
+    _BANK_KEYS = ("n", "dendrites", "r0", "r1", "theta_d", "kappa", "x_off", "x_on", "max_rate_e", "max_rate_i",
+                  "tau_e", "tau_i", "tau_s", "q1")
 
-        return save(self, path, layout=layout)
+    def _bank_config(self):
+        cfg = {k: getattr(self, k) for k in self._BANK_KEYS}
+        # q1 defaults to max_rate_i / F_max of the patterns: stored as None then, so that a bank with
+        # appended patterns rebuilds exactly what the constructor gives for all of them
+        cfg["q1"] = None if self.q1 == self.max_rate_i / self.F_max else self.q1
+        return cfg, {"xi": self.xi}
+
+    @classmethod
+    def _from_bank(cls, config, tensors):
+        c = check_config(config, cls._BANK_KEYS)
+        return cls(tensors["xi"], **{k: c[k] for k in cls._BANK_KEYS})
 
     def extra_repr(self) -> str:
         return (f"n_features={self.n_features}, n_memories={self.n_memories}, n={self.n}, dendrites={self.dendrites!r}, "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..bank import Storable, check_config
 from .._validation import check_in_range, check_int, check_positive, check_tensor, describe
 from ..lagrangians import Heaviside, Quadratic
 from ..network import TwoLayerNetwork
@@ -58,7 +59,7 @@ def _binary(name: str, s, n: int) -> tuple[torch.Tensor, bool]:
     return t, single
 
 
-class ThresholdMemory(nn.Module):
+class ThresholdMemory(Storable, nn.Module):
     """Threshold associative memory (MODELS.md section 5), with ``xi`` (N_h, N_v):
 
         tau_v dv_i/dt  = -v_i  + (1/sqrt(N_h)) sum_mu xi_{mu i} Θ(h_mu - θ)
@@ -275,12 +276,14 @@ class ThresholdMemory(nn.Module):
             self.xi.copy_(xi.detach())
         return history
 
-    def save(self, path, *, layout: str = "auto"):
-        """Write this model as a memory bank (atomic, checksummed; see ``assocmem.bank``);
-        ``assocmem.load(path)`` reads it back."""
-        from ..bank import save
+    # -- memory bank: xi (N_h, N_v), one row per hidden neuron; appending adds hidden neurons ------
+    def _bank_config(self):
+        return {"theta": self.theta, "tau_v": self.tau_v, "tau_h": self.tau_h}, {"xi": self.xi}
 
-        return save(self, path, layout=layout)
+    @classmethod
+    def _from_bank(cls, config, tensors):
+        c = check_config(config, ("theta", "tau_v", "tau_h"))
+        return cls(tensors["xi"], theta=c["theta"], tau_v=c["tau_v"], tau_h=c["tau_h"])
 
     def extra_repr(self) -> str:
         return (f"n_visible={self.n_visible}, n_hidden={self.n_hidden}, theta={self.theta}, "
