@@ -672,3 +672,32 @@ def test_native_refuses_a_foreign_library_file(tmp_path, monkeypatch):
     monkeypatch.setattr(_native, "_by_tag", {})
     monkeypatch.setattr(_native, "SOURCE", wrong)
     assert _native.online_exp(str(tmp_path / "w"), "cpu X", np.float32) is None
+
+
+# --- beta at the kernel's entry points ------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["numpy", "auto"])
+@pytest.mark.parametrize("shape", [(1, 64, 1000), (64, 64, 2000)])  # the tiny (compiled) path and the chunked one
+@pytest.mark.parametrize("beta, error", [("1", TypeError), (True, TypeError), (1 + 2j, TypeError), (None, TypeError),
+                                         (float("nan"), ValueError), (float("inf"), ValueError),
+                                         (torch.tensor(float("nan")), ValueError),
+                                         (torch.tensor(True), TypeError)])
+def test_kernel_validates_beta(mode, shape, beta, error):
+    """A beta that is not a real finite number (a str reached the compiled call and raised
+    ctypes.ArgumentError; a NaN gave silent NaN states) is refused with an error naming beta."""
+    K.set_mode(mode)
+    q, k, _ = data(*shape)
+    with pytest.raises(error, match="beta"):
+        K.try_retrieve(q, k, None, beta, None)
+    with pytest.raises(error, match="beta"):
+        K._tiny(q[:1], k, None, beta)
+
+
+@pytest.mark.parametrize("beta", [2, 2.0, np.float32(2.0), np.float64(2.0), torch.tensor(2.0), torch.tensor([2.0]),
+                                  torch.tensor(2, dtype=torch.int64)])
+def test_kernel_accepts_every_real_beta(beta):
+    K.set_mode("numpy")
+    q, k, _ = data(64, 64, 2000, seed=3)
+    out = K.try_retrieve(q, k, None, beta, None)
+    assert ((out.double() - ref(q, k, None, 2.0)).abs().max()) < 1e-5
+    out = K._tiny(q[:1], k, None, beta)
+    assert ((out.double() - ref(q[:1], k, None, 2.0)).abs().max()) < 1e-5

@@ -18,9 +18,12 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Real
 
 import numpy as np
 import torch
+
+from ._validation import check_choice, describe
 
 __all__ = [
     "try_retrieve",
@@ -37,6 +40,7 @@ __all__ = [
     "kernel_threads",
     "set_mode",
     "get_mode",
+    "check_beta",
 ]
 
 # Problems smaller than this many multiply-adds (B * K * (N + M) / 2) go straight to torch: the
@@ -73,8 +77,6 @@ def set_mode(mode: str) -> None:
     """``"auto"`` (calibrated choice, the default), ``"torch"`` (never use the kernel) or ``"numpy"``
     (always use it where it applies). The environment variable ``ASSOCMEM_KERNEL`` sets the start value."""
     global _mode
-    from ._validation import check_choice
-
     _mode = check_choice("mode", mode, _MODES)
 
 
@@ -734,9 +736,28 @@ def _np_view(t: torch.Tensor) -> tuple[np.ndarray, bool]:
 # ---------------------------------------------------------------------------------------------------
 # the dispatcher used by assocmem.functional.retrieve
 # ---------------------------------------------------------------------------------------------------
+def check_beta(beta) -> float:
+    """``beta`` as a Python float: a real finite number (int, float, numpy scalar) or a one-element
+    real tensor (0-d); a clear ``TypeError`` / ``ValueError`` naming ``beta`` otherwise (a str, a
+    bool, a complex number, NaN or an infinity never reaches the compiled code)."""
+    if isinstance(beta, torch.Tensor):
+        if beta.numel() != 1 or beta.dtype.is_complex or beta.dtype is torch.bool:
+            raise TypeError(f"beta: got {describe(beta)}; expected a real number or a 0-d real tensor")
+        v = float(beta.detach())
+    elif isinstance(beta, Real) and not isinstance(beta, (bool, np.bool_)):
+        v = float(beta)
+    else:
+        raise TypeError(f"beta: got {describe(beta)}; expected a real number or a 0-d real tensor")
+    if not math.isfinite(v):
+        raise ValueError(f"beta: got {v!r}; expected a finite real number")
+    return v
+
+
 def _tiny(query, keys, values, beta, return_lse=False):
     """The whole update for a tiny problem, unchunked, in the calling thread: one compiled call
     where the helper is built (~10 us at N = 64, K = 1,000, B = 1), else numpy."""
+    if type(beta) is not float or not math.isfinite(beta):
+        beta = check_beta(beta)
     small = _native_get("small", query.dtype)
     if small is not None:
         if not query.is_contiguous():
@@ -782,10 +803,12 @@ def try_retrieve(query, keys, values, beta, mask, return_lse: bool = False):
     if (query.requires_grad or keys.requires_grad or (values is not None and values.requires_grad)
             or (isinstance(beta, _Tensor) and beta.requires_grad)) and torch.is_grad_enabled():
         return None
-    if type(beta) is not float and isinstance(beta, torch.Tensor):
-        if beta.numel() != 1 or not beta.is_cpu:
-            return None
-        beta = float(beta)
+    if type(beta) is not float:
+        if isinstance(beta, torch.Tensor) and (beta.numel() != 1 or not beta.is_cpu):
+            return None  # a per-query beta or one on another device: plain torch broadcasts it
+        beta = check_beta(beta)
+    elif not math.isfinite(beta):
+        beta = check_beta(beta)  # raises
     if query.requires_grad:  # only under no_grad: .numpy() refuses tensors that require grad
         query = query.detach()
     if keys.requires_grad:
