@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,12 @@ from torch import nn
 
 from ._io import (
     TMP_PREFIX,
+    atomic_directory,
     atomic_replace,
     atomic_write_bytes,
     file_lock,
     fsync_dir,
+    require_regular_file,
     remove_stale_temporaries,
     tmp_prefix,
 )
@@ -127,7 +128,8 @@ class Storable:
     dict and a dict of tensors, the appendable pattern matrix under ``_bank_patterns_key``, one
     pattern per row) and the classmethod ``_from_bank(cls, config, tensors)`` that rebuilds it.
     Optionally ``_bank_extend(cls, config, n_old, n_new, **kwargs) -> config`` says how the stored
-    configuration changes when ``n_new`` patterns are appended (e.g. names of appended images).
+    configuration changes when ``n_new`` patterns are appended (e.g. names of appended images), and
+    ``_bank_slice(cls, config, start, stop)`` gives the configuration of some rows alone.
     Subclasses are registered by class name when defined, so this module never imports them; it
     gives them :meth:`save`."""
 
@@ -141,8 +143,15 @@ class Storable:
 
     @classmethod
     def _bank_extend(cls, config: dict, n_old: int, n_new: int, **kwargs) -> dict:
+        """The stored configuration after ``n_new`` patterns are appended to ``n_old``."""
         if kwargs:
             raise TypeError(f"append: {cls.__name__} banks take no keyword arguments; got {sorted(kwargs)}")
+        return config
+
+    @classmethod
+    def _bank_slice(cls, config: dict, start: int, stop: int) -> dict:
+        """The configuration of the stored patterns ``start:stop`` alone (appended rows are checked
+        by the class's constructor with it)."""
         return config
 
     def save(self, path, *, layout: str = "auto") -> "MemoryBank":
@@ -290,21 +299,40 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
     atomic_replace(path, write)
 
 
-def _read_header(path: Path) -> dict:
-    """The raw safetensors JSON header of ``path`` (raises CorruptBankError when unreadable)."""
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON (NaN and infinities are never written to a bank)")
+
+
+def _parse_json(data, where, what: str) -> dict:
+    """``data`` (bytes or str) parsed as a JSON object, or CorruptBankError naming ``where``: invalid
+    UTF-8 or JSON, NaN/Infinity, nesting too deep to parse, or valid JSON that is not an object."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CorruptBankError(f"{path}: file is {len(raw)} bytes long, too short for a safetensors header (truncated, or not an assocmem bank)")
-            (n,) = struct.unpack("<Q", raw)
-            size = path.stat().st_size
-            if n > size - 8 or n > 100_000_000:
-                raise CorruptBankError(f"{path}: safetensors header length {n} exceeds the file size {size} (truncated or altered, or not an assocmem bank)")
-            text = f.read(n)
-        return json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptBankError(f"{path}: safetensors header is not valid JSON ({e}); the file is altered or not a bank") from None
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        if not isinstance(text, str):
+            raise TypeError(f"{describe(text)} instead of text")
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
+        msg = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise CorruptBankError(f"{where}: {what} is not valid JSON ({msg}); the file is altered or not a bank") from None
+    if not isinstance(obj, dict):
+        raise CorruptBankError(f"{where}: {what} is JSON {type(obj).__name__}, not an object; the file is altered or not a bank")
+    return obj
+
+
+def _read_header(path: Path) -> dict:
+    """The raw safetensors JSON header of ``path`` (raises CorruptBankError when unreadable; refuses
+    anything but a regular file before opening it, so a FIFO cannot block the reader)."""
+    require_regular_file(path, "the bank file", CorruptBankError)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CorruptBankError(f"{path}: file is {len(raw)} bytes long, too short for a safetensors header (truncated, or not an assocmem bank)")
+        (n,) = struct.unpack("<Q", raw)
+        size = os.fstat(f.fileno()).st_size
+        if n > size - 8 or n > 100_000_000:
+            raise CorruptBankError(f"{path}: safetensors header length {n} exceeds the file size {size} (truncated or altered, or not an assocmem bank)")
+        text = f.read(n)
+    return _parse_json(text, path, "the safetensors header")
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -390,6 +418,23 @@ def _Lock(directory: Path) -> file_lock:
     return file_lock(directory / ".lock")
 
 
+def _file_lock(path: Path) -> file_lock:
+    """The writers' lock of a single-file bank: ``.<name>.lock`` beside it (the bank itself is
+    replaced by a rename on every write, so it cannot carry the lock)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    return file_lock(parent / f".{path.name}.lock")
+
+
+def _identity(path: Path):
+    """What changes when a writer replaces ``path`` (a file bank, or a directory bank's manifest)."""
+    target = path / _MANIFEST if path.is_dir() else path
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _is_bank_file(path: Path) -> bool:
     if path.stat().st_size == 0:
         return True
@@ -438,7 +483,8 @@ def save(model, path, *, layout: str = "auto") -> "MemoryBank":
     header = _header_for(model, codec, config, tensors)
     kind = _layout_for(path, layout)
     if kind == "file":
-        _write_single(path, header, tensors)
+        with _file_lock(path):  # serialised with appends from other processes
+            _write_single(path, header, tensors)
     else:
         _write_directory(path, header, tensors)
     return MemoryBank(path)
@@ -491,28 +537,14 @@ def _write_directory(path: Path, header: dict, tensors: dict[str, torch.Tensor])
             _cleanup(path, {seg["file"]})
         return
     # a new bank is built in a hidden directory beside the target and renamed into place
-    parent = path.parent if str(path.parent) else Path(".")
-    remove_stale_temporaries(parent, path.name)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path.name), dir=str(parent)))
-    try:
+
+    def fill(tmp: Path) -> None:
         seg = _write_segment(tmp, 0, tensors)
         seg["rows"] = int(tensors[key].shape[0])
         manifest["segments"] = [seg]
         _write_manifest(tmp, manifest)
-        _fsync_dir(tmp)
-        os.rename(tmp, path)
-    except BaseException:
-        for p in tmp.iterdir() if tmp.exists() else ():
-            try:
-                p.unlink()
-            except OSError:
-                pass
-        try:
-            tmp.rmdir()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(parent)
+
+    atomic_directory(path, fill)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -551,22 +583,17 @@ class MemoryBank:
         meta = _read_header(self.path).get("__metadata__")
         if not isinstance(meta, dict) or _META_KEY not in meta:
             raise CorruptBankError(f"{self.path}: not an assocmem bank (no '{_META_KEY}' entry in the safetensors metadata)")
-        try:
-            header = json.loads(meta[_META_KEY])
-        except (TypeError, json.JSONDecodeError) as e:
-            raise CorruptBankError(f"{self.path}: bank header is not valid JSON ({e}); the file is altered") from None
+        header = _parse_json(meta[_META_KEY], self.path, "the bank header")
         _check_format(header, self.path, "the bank header")
         self._check_header_fields(header)
         return header
 
     def _read_manifest(self) -> dict:
         mp = self.path / _MANIFEST
-        if not mp.exists():
+        if not os.path.lexists(mp):
             raise CorruptBankError(f"{self.path}: directory has no {_MANIFEST}; it is not an assocmem bank (or was damaged)")
-        try:
-            m = json.loads(mp.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptBankError(f"{mp}: manifest is not valid JSON ({e}); it is truncated or altered") from None
+        require_regular_file(mp, "the manifest", CorruptBankError)
+        m = _parse_json(mp.read_bytes(), mp, "the manifest")
         _check_format(m, mp, "the manifest")
         if m.get("manifest_sha256") != _manifest_digest(m):
             raise CorruptBankError(f"{mp}: manifest checksum mismatch; the manifest was altered")
@@ -623,8 +650,9 @@ class MemoryBank:
     # -- reading -------------------------------------------------------------------------------------
     def _segment(self, seg: dict) -> dict[str, torch.Tensor]:
         p = self.path / seg["file"]
-        if not p.is_file():
+        if not os.path.lexists(p):
             raise CorruptBankError(f"{p}: segment listed in the manifest is missing")
+        require_regular_file(p, "the segment", CorruptBankError)
         if isinstance(seg.get("bytes"), int) and p.stat().st_size != seg["bytes"]:
             raise CorruptBankError(f"{p}: segment is {p.stat().st_size} bytes, the manifest says {seg['bytes']} (truncated or altered)")
         tensors, meta = _load_safetensors(p)
@@ -634,8 +662,30 @@ class MemoryBank:
             raise CorruptBankError(f"{p}: segment metadata does not match the manifest; the segment was altered or swapped")
         return tensors
 
+    def _reread(self) -> None:
+        self.header = self._read_manifest() if self.layout == "dir" else self._read_file_header()
+
+    def _consistent(self, read):
+        """``read()`` made safe against a writer in another process: a checksum or missing-segment
+        error raised while the bank was being replaced is retried on the new state (a bank that
+        fails the same way without changing is corrupt)."""
+        for _ in range(8):
+            before = _identity(self.path)
+            try:
+                return read()
+            except CorruptBankError:
+                if _identity(self.path) == before:
+                    raise
+            time.sleep(0.01)
+            self._reread()
+        return read()
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every stored tensor, checksums verified (segments concatenated along the pattern axis)."""
+        """Every stored tensor, checksums verified (segments concatenated along the pattern axis).
+        A bank replaced by another process while it is read is read again (see ``append``)."""
+        return self._consistent(self._tensors)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
         key = self.header["patterns_key"]
         if self.layout == "file":
             tensors, meta = _load_safetensors(self.path)
@@ -660,16 +710,21 @@ class MemoryBank:
 
     def load(self, device=None):
         """Verify and rebuild the stored model (on ``device``, default CPU)."""
+        tensors = self.tensors()  # may re-read the header (a concurrent writer): take the codec after it
         codec = _codec_for_name(self.class_name, self.header.get("module"), self.path)
-        tensors = self.tensors()
         if device is not None:
             tensors = {k: v.to(device) for k, v in tensors.items()}
+        return self._rebuild(codec, self.header["config"], tensors)
+
+    def _rebuild(self, codec: _Codec, config, tensors):
         try:
-            return codec.from_bank(self.header["config"], tensors)
+            return codec.from_bank(config, tensors)
         except CorruptBankError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-            raise CorruptBankError(f"{self.path}: the stored configuration does not rebuild a {self.class_name} ({e})") from None
+        except Exception as e:  # whatever a stored configuration makes the constructor raise
+            raise CorruptBankError(
+                f"{self.path}: the stored configuration does not rebuild a {self.class_name} ({type(e).__name__}: {e})"
+            ) from None
 
     def verify(self) -> "MemoryBank":
         """Read every tensor and check every checksum; raises CorruptBankError on any mismatch."""
@@ -677,60 +732,94 @@ class MemoryBank:
         return self
 
     # -- appending -----------------------------------------------------------------------------------
-    def _check_new(self, patterns, codec: _Codec, others: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _check_new(self, patterns, codec: _Codec, others: dict[str, torch.Tensor], kwargs: dict):
+        """The new rows in the bank's dtype, and the stored configuration after appending them
+        (the class's ``_bank_extend``); the class's own constructor checks the new rows."""
         N = self.n_features
         p = check_tensor("patterns", patterns, ndim=(1, 2), allow_empty=True, expected=f"shape (K, {N}) or ({N},)")
         if p.ndim == 1:
             p = p.unsqueeze(0)
         if p.shape[1] != N:
             raise ValueError(f"patterns: got {describe(p)}; expected {N} features per pattern to match the bank {self.path}")
+        config = self.header["config"]
+        extend = getattr(codec.cls, "_bank_extend", None)
         if p.shape[0] == 0:
-            return p.to("cpu", self.dtype)
+            if kwargs and extend is not None:
+                extend(config, self.n_memories, 0, **kwargs)  # still reject unknown keywords
+            return p.to("cpu", self.dtype), config
         cast = p.detach().to("cpu", self.dtype).contiguous()
         if not bool(torch.isfinite(cast).all()):
-            raise ValueError(f"patterns: values overflow the bank's dtype {self.header['dtype']}; expected finite values")
-        # the class's own constructor checks the new rows (e.g. +-1 for binary models)
-        codec.from_bank(self.header["config"], {**others, self.header["patterns_key"]: cast})
-        return cast
+            raise ValueError(f"patterns: values overflow the bank's dtype {self.header['dtype']} or are not finite; expected finite values")
+        if extend is not None:
+            config = extend(config, self.n_memories, int(cast.shape[0]), **kwargs)
+        elif kwargs:
+            raise TypeError(f"append: {self.class_name} banks take no keyword arguments; got {sorted(kwargs)}")
+        # the class's own constructor checks the new rows (e.g. +-1 for binary models), with the
+        # configuration of those rows alone (``_bank_slice``: e.g. the appended images' names)
+        slice_ = getattr(codec.cls, "_bank_slice", None)
+        rows_config = config if slice_ is None else slice_(config, self.n_memories, self.n_memories + int(cast.shape[0]))
+        codec.from_bank(rows_config, {**others, self.header["patterns_key"]: cast})
+        return cast, config
 
-    def append(self, patterns) -> "MemoryBank":
+    def append(self, patterns, **kwargs) -> "MemoryBank":
         """Add patterns (rows of shape (N,)) to the bank, with the same atomicity and checksums.
 
         Directory banks: one new segment file is written and the manifest replaced last, so the
         cost is proportional to the new patterns. Single-file banks are rewritten whole (atomically).
+        Both take the bank's writers' lock and re-read the bank under it, so appends from several
+        processes (and a re-save by another process) are serialised and no row is lost; the call
+        returns only when the new rows are on disk. Keyword arguments go to the stored class (for
+        example ``names=`` of the appended images of an ``ImageMemory`` bank).
         Returns ``self`` with the updated header.
         """
-        codec = _codec_for_name(self.class_name, self.header.get("module"), self.path)
-        key = self.header["patterns_key"]
         if self.layout == "file":
-            tensors = self.tensors()
-            new = self._check_new(patterns, codec, {k: v for k, v in tensors.items() if k != key})
-            if new.shape[0] == 0:
-                return self
-            tensors[key] = torch.cat([tensors[key], new], 0)
-            header = dict(self.header)
-            header["n_memories"] = int(tensors[key].shape[0])
-            _write_single(self.path, header, tensors)
-            self.header = self._read_file_header()
+            with _file_lock(self.path):
+                self.header = self._read_file_header()  # the newest state, under the lock
+                codec = _codec_for_name(self.class_name, self.header.get("module"), self.path)
+                key = self.header["patterns_key"]
+                tensors = self._tensors()
+                n_old = self.n_memories
+                new, config = self._check_new(patterns, codec, {k: v for k, v in tensors.items() if k != key}, kwargs)
+                if new.shape[0] == 0:
+                    return self
+                tensors[key] = torch.cat([tensors[key], new], 0)
+                header = dict(self.header)
+                header["config"] = config
+                header["n_memories"] = n_old + int(new.shape[0])
+                _write_single(self.path, header, tensors)
+                self.header = self._read_file_header()
+            self._check_appended(n_old + int(new.shape[0]))
             return self
         with _Lock(self.path):
             self.header = self._read_manifest()  # the newest state, under the lock
+            codec = _codec_for_name(self.class_name, self.header.get("module"), self.path)
+            key = self.header["patterns_key"]
             first = self.header["segments"][0]
             others = {k: v for k, v in self._segment_small(first, key).items()}
-            new = self._check_new(patterns, codec, others)
+            n_old = self.n_memories
+            new, config = self._check_new(patterns, codec, others, kwargs)
             if new.shape[0] == 0:
                 return self
             index = max(int(_SEGMENT_RE.match(s["file"]).group(1)) for s in self.header["segments"]) + 1
             seg = _write_segment(self.path, index, {key: new})
             seg["rows"] = int(new.shape[0])
             m = {k: v for k, v in self.header.items() if k != "manifest_sha256"}
+            m["config"] = config
             m["segments"] = list(self.header["segments"]) + [seg]
-            m["n_memories"] = self.n_memories + int(new.shape[0])
+            m["n_memories"] = n_old + int(new.shape[0])
             m["modified"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             _write_manifest(self.path, m)
             _cleanup(self.path, {s["file"] for s in m["segments"]})
             self.header = self._read_manifest()
+        self._check_appended(n_old + int(new.shape[0]))
         return self
+
+    def _check_appended(self, expected: int) -> None:
+        if self.n_memories != expected:  # pragma: no cover - a writer that ignored the lock
+            raise CorruptBankError(
+                f"{self.path}: after appending, the bank holds {self.n_memories} patterns where {expected} were "
+                "expected; another process wrote it without taking the lock"
+            )
 
     def _segment_small(self, seg: dict, key: str) -> dict[str, torch.Tensor]:
         """The tensors of the first segment other than the patterns (read lazily, no full load)."""

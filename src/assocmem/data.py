@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ._validation import check_choice, check_in_range, check_int, check_positive, describe
+from .bank import check_config
 from .models import ModernHopfield
 
 __all__ = [
@@ -598,8 +599,34 @@ class ImageMemory(ModernHopfield):
 
     @classmethod
     def _from_bank(cls, config, tensors):
-        return cls(tensors["xi"], height=config["height"], width=config["width"], names=config["names"],
-                   binary_pixels=config["binary_pixels"], beta=config["beta"])
+        c = check_config(config, ("beta", "height", "width", "names", "binary_pixels"))
+        return cls(tensors["xi"], height=c["height"], width=c["width"], names=c["names"],
+                   binary_pixels=c["binary_pixels"], beta=c["beta"])
+
+    @classmethod
+    def _bank_extend(cls, config, n_old, n_new, names=None):
+        """Appending images: their ``names`` (one per new image), or generated ones
+        ("image <index>", continuing the numbering, made unique among the stored names)."""
+        old = list(config.get("names") or [])
+        if names is None:
+            taken, new, i = set(old), [], n_old
+            while len(new) < n_new:
+                name = f"image {i}"
+                if name not in taken:
+                    new.append(name)
+                    taken.add(name)
+                i += 1
+        else:
+            if isinstance(names, str) or not hasattr(names, "__len__"):
+                raise TypeError(f"names: got {describe(names)}; expected a list of {n_new} names")
+            new = [str(x) for x in names]
+            if len(new) != n_new:
+                raise ValueError(f"names: got {len(new)} names; expected one per appended image ({n_new})")
+        return {**config, "names": old + new}
+
+    @classmethod
+    def _bank_slice(cls, config, start, stop):
+        return {**config, "names": list(config["names"])[start:stop]}
 
 
 def _register_image_memory() -> None:

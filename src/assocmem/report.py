@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ._io import create_mode
 from ._validation import describe
 
 __all__ = ["Column", "Report", "format_table", "figure_png", "check_report_target", "write_report_folder"]
@@ -227,6 +228,7 @@ def write_report_folder(out, files: dict[str, bytes]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=parent))
     old = None
     try:
+        os.chmod(tmp, create_mode(directory=True))  # what mkdir() gives, not mkdtemp's private 0700
         for name, data in files.items():
             with open(tmp / name, "wb") as f:
                 f.write(data)
