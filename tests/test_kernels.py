@@ -295,6 +295,32 @@ def test_bench_command_rejects_bad_cases_with_exit_2(tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
 
 
+def test_bench_refuses_an_unwritable_json_path_before_measuring(tmp_path, capsys, monkeypatch):
+    """``--json <directory>`` (and any other path the results cannot be written to) is refused up
+    front with one line and exit 2; nothing is measured first (it used to run the whole benchmark,
+    then fail on the write)."""
+    from assocmem.cli import main
+    from assocmem.commands import bench
+
+    def measured(*a, **k):
+        raise AssertionError("the benchmark ran before the arguments were checked")
+
+    for name in ("case_retrieval", "case_lowp", "case_recall", "case_binary", "case_rk4", "case_streaming", "peak_gflops"):
+        monkeypatch.setattr(bench, name, measured)
+    (tmp_path / "a_file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    for path, what in ((str(tmp_path), "directory"), (str(tmp_path / "a_file" / "x.json"), "not a directory"),
+                       (str(tmp_path / "fifo"), "not a regular file"), ("", "empty")):
+        capsys.readouterr()
+        assert main(["bench", "--quick", "--cases", "retrieval", "--json", path]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--json" in err and what in err, err
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert main(["bench", "--quick", "--json", str(ro / "x.json")]) == 2
+
+
 @pytest.mark.parametrize("mode", ["numpy", "torch", "auto"])
 @pytest.mark.parametrize("shape", [(1, 64, 1000), (24, 40, 3000)])  # the tiny path and the chunked one
 def test_retrieve_returns_the_log_sum_exp_of_its_softmax(mode, shape):

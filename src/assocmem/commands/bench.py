@@ -440,6 +440,26 @@ def write_json_atomic(path: str, payload) -> None:
     atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
 
 
+def check_output_path(name: str, path: str) -> None:
+    """Refuse, before anything is measured, an output path the results could not be written to: an
+    empty name, an existing directory or non-regular file (a FIFO would block), a parent directory
+    that is missing, not a directory or not writable."""
+    if not str(path).strip():
+        raise ValueError(f"{name}: got an empty path; expected a file to write the results to")
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise IsADirectoryError(f"{name}: {path!r} is a directory; expected a file to write the results to")
+    if os.path.lexists(full) and not os.path.isfile(full):
+        raise ValueError(f"{name}: {path!r} exists and is not a regular file; expected a file to write the results to")
+    d = os.path.dirname(full)
+    if not os.path.exists(d):
+        raise FileNotFoundError(f"{name}: directory {d!r} does not exist")
+    if not os.path.isdir(d):
+        raise NotADirectoryError(f"{name}: {d!r} is not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}: directory {d!r} is not writable")
+
+
 def run(args) -> int:
     from .._validation import check_int
 
@@ -448,10 +468,8 @@ def run(args) -> int:
     bad = [c for c in cases if c not in CASES]
     if bad or not cases:
         raise ValueError(f"--cases: got {args.cases!r}; expected a comma-separated subset of {', '.join(CASES)}")
-    if args.json:
-        d = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(d):
-            raise FileNotFoundError(f"--json: directory {d!r} does not exist")
+    if args.json is not None:
+        check_output_path("--json", args.json)
     shapes = QUICK_SHAPES if args.quick else RETRIEVAL_SHAPES + SHARP_SHAPES
     rows = []
     from tqdm import tqdm
