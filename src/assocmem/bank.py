@@ -571,12 +571,8 @@ class MemoryBank:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"path: no memory bank at {self.path}")
-        if self.path.is_dir():
-            self.layout = "dir"
-            self.header = self._read_manifest()
-        else:
-            self.layout = "file"
-            self.header = self._read_file_header()
+        self.layout = "dir" if self.path.is_dir() else "file"
+        self._reread()
 
     # -- headers -------------------------------------------------------------------------------------
     def _read_file_header(self) -> dict:
@@ -663,20 +659,20 @@ class MemoryBank:
         return tensors
 
     def _reread(self) -> None:
+        self._ident = _identity(self.path)
         self.header = self._read_manifest() if self.layout == "dir" else self._read_file_header()
 
     def _consistent(self, read):
-        """``read()`` made safe against a writer in another process: a checksum or missing-segment
-        error raised while the bank was being replaced is retried on the new state (a bank that
-        fails the same way without changing is corrupt)."""
-        for _ in range(8):
-            before = _identity(self.path)
+        """``read()`` made safe against a writer in another process: a checksum, shape or
+        missing-segment error raised after the bank was replaced (since its header was read) is
+        retried on the new state; a bank that fails without having changed is corrupt."""
+        for _ in range(20):
             try:
                 return read()
             except CorruptBankError:
-                if _identity(self.path) == before:
+                if _identity(self.path) == self._ident:
                     raise
-            time.sleep(0.01)
+            time.sleep(0.005)
             self._reread()
         return read()
 
@@ -774,7 +770,7 @@ class MemoryBank:
         """
         if self.layout == "file":
             with _file_lock(self.path):
-                self.header = self._read_file_header()  # the newest state, under the lock
+                self._reread()  # the newest state, under the lock
                 codec = _codec_for_name(self.class_name, self.header.get("module"), self.path)
                 key = self.header["patterns_key"]
                 tensors = self._tensors()
@@ -787,11 +783,11 @@ class MemoryBank:
                 header["config"] = config
                 header["n_memories"] = n_old + int(new.shape[0])
                 _write_single(self.path, header, tensors)
-                self.header = self._read_file_header()
+                self._reread()
             self._check_appended(n_old + int(new.shape[0]))
             return self
         with _Lock(self.path):
-            self.header = self._read_manifest()  # the newest state, under the lock
+            self._reread()  # the newest state, under the lock
             codec = _codec_for_name(self.class_name, self.header.get("module"), self.path)
             key = self.header["patterns_key"]
             first = self.header["segments"][0]
@@ -810,7 +806,7 @@ class MemoryBank:
             m["modified"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             _write_manifest(self.path, m)
             _cleanup(self.path, {s["file"] for s in m["segments"]})
-            self.header = self._read_manifest()
+            self._reread()
         self._check_appended(n_old + int(new.shape[0]))
         return self
 
