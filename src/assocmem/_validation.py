@@ -1,11 +1,13 @@
 """Input validation shared by every public boundary (models, layers, integrators, CLI, loaders).
 
 One helper family so that every message reads the same: the argument's name, what was received
-(shape, dtype, range) and what was expected. Also holds the package's error types.
+(shape, dtype, range) and what was expected. Also holds the package's error types and the checks of
+what the machine offers (devices torch reports, cores, available memory, the seeds torch accepts).
 """
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
 from typing import Iterable, Sequence
 
@@ -23,6 +25,13 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_finite",
+    "check_device",
+    "check_seed",
+    "check_threads",
+    "check_memory",
+    "available_devices",
+    "available_cores",
+    "available_memory",
     "guard_result",
     "describe",
     "as_batch",
@@ -246,3 +255,158 @@ def as_batch(name: str, x: torch.Tensor, n: int) -> tuple[torch.Tensor, bool]:
     if x.shape[-1] != n:
         raise ValueError(f"{name}: got {describe(x)}; expected last dimension {n} to match the stored patterns")
     return x, single
+
+
+# -- what the machine offers: devices, cores, memory, seeds ------------------------------------------
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes [-2^63, 2^64 - 1]; seeds here are >= 0
+
+
+def check_seed(name: str, x, *, maximum: int = SEED_MAX) -> int:
+    """A random seed: an integer in [0, ``maximum``] (default 2^64 - 1, the largest value
+    ``torch.Generator.manual_seed`` accepts)."""
+    v = check_int(name, x)
+    if not 0 <= v <= maximum:
+        raise ValueError(f"{name}: got {v}; expected an integer in [0, {maximum}] (the seeds torch accepts"
+                         + (")" if maximum == SEED_MAX else ", less what is added to derive per-run seeds)"))
+    return v
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its scheduler affinity where the OS reports one (a
+    container or ``taskset`` may allow fewer than the machine has), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(name: str, x) -> int:
+    """A thread count in [1, :func:`available_cores`]: more threads than cores only slow torch's
+    OpenMP pool down, and a huge count makes it crash (``torch.set_num_threads(100000)``)."""
+    v = check_int(name, x)
+    cores = available_cores()
+    if not 1 <= v <= cores:
+        raise ValueError(f"{name}: got {v}; expected an integer in [1, {cores}] (the CPU cores this process may use)")
+    return v
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+        return int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get without swapping or being killed, or None where
+    that cannot be told: Linux's ``MemAvailable`` (/proc/meminfo), lowered to what the process's
+    memory cgroup has left (v2 ``memory.max - memory.current``, v1 ``limit_in_bytes - usage_in_bytes``)."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        avail = None
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        lim, use = _read_int(limit), _read_int(usage)
+        if lim is not None and use is not None and lim < (1 << 60):  # "max" or 2^63 - 4096: no limit
+            avail = min(avail, max(0, lim - use))
+            break
+    return avail
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_memory(name: str, nbytes: int, what: str) -> int:
+    """Raise ``ValueError`` naming ``name`` when ``nbytes`` (an estimate of what ``what`` needs) is
+    more than :func:`available_memory`; no check where the available memory cannot be told."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise ValueError(f"{name}: {what} needs about {_gib(nbytes)}, more than the {_gib(avail)} of memory "
+                         "available; expected a smaller size")
+    return nbytes
+
+
+def _backend_state(d: torch.device) -> tuple[bool, str]:
+    """(is ``d`` usable for computation here, why not)."""
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            built = torch.backends.cuda.is_built()
+            return False, ("no CUDA device is visible" if built else f"torch {torch.__version__} was built without CUDA")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            return False, f"this machine has {n} CUDA device(s)"
+        return True, ""
+    if d.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return (bool(mps is not None and mps.is_available()), "MPS is not available")
+    mod = getattr(torch, d.type, None)
+    is_avail = getattr(mod, "is_available", None)
+    if not callable(is_avail):
+        return False, f"torch cannot report whether {d.type} devices are available"
+    try:
+        if not is_avail():
+            return False, f"no {d.type} device is available"
+        count = getattr(mod, "device_count", None)
+        if d.index is not None and callable(count) and d.index >= count():
+            return False, f"this machine has {count()} {d.type} device(s)"
+    except Exception as e:  # a backend's own probe failing means it cannot be used
+        return False, f"probing {d.type} failed ({type(e).__name__}: {e})"
+    return True, ""
+
+
+def available_devices() -> list[str]:
+    """Devices torch reports usable here, such as ``['cpu', 'cuda:0']``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    try:
+        if xpu is not None and xpu.is_available():
+            out += [f"xpu:{i}" for i in range(xpu.device_count())]
+    except Exception:  # noqa: BLE001 - an unusable backend is simply not listed
+        pass
+    return out
+
+
+def check_device(name: str, x, *, compute: bool = True) -> torch.device:
+    """A ``torch.device`` (or its name) that torch reports available on this machine. ``meta``
+    (shapes without data) is refused where something is computed (``compute=True``)."""
+    if isinstance(x, torch.device):
+        d = x
+    elif isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)):
+        try:
+            d = torch.device(x)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"{name}: got {x!r}; expected a torch device such as "
+                             f"{', '.join(available_devices())}") from None
+    else:
+        raise TypeError(f"{name}: got {describe(x)}; expected a torch.device or a device name such as 'cpu'")
+    if d.type == "cpu":
+        return d
+    if d.type == "meta":
+        if compute:
+            raise ValueError(f"{name}: got {str(d)!r}: meta tensors have shapes but no data, so nothing can be "
+                             f"computed on them; expected one of {', '.join(available_devices())}")
+        return d
+    ok, why = _backend_state(d)
+    if not ok:
+        raise ValueError(f"{name}: got {str(d)!r}, which is not available here ({why}); expected one of "
+                         f"{', '.join(available_devices())}")
+    return d

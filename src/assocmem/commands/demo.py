@@ -7,7 +7,14 @@ from __future__ import annotations
 import importlib
 import time
 
+from . import _args as A
+
 EXAMPLES = ("mnist", "kanji", "colors", "repertoire")
+# the examples derive one seed per model and corruption as seed * 1000 + i (i < 1000), and torch
+# takes seeds up to 2^64 - 1
+SEED_MAX = (2**64 - 1000) // 1000
+# pattern size N_f of each example (28 x 28 digits, 64 x 64 kanji, RGB colours, 32-d embeddings)
+N_FEATURES = {"mnist": 28 * 28, "kanji": 64 * 64, "colors": 3, "repertoire": 32}
 
 
 def register(sub):
@@ -18,33 +25,28 @@ def register(sub):
         "embeddings) far above the classical capacity, recall them from corrupted cues and write a report folder "
         "(index.html, results.csv, results.json, PNG figures).",
     )
-    p.add_argument("--example", default="mnist", choices=EXAMPLES,
+    p.add_argument("--example", default="mnist", type=A.choice(EXAMPLES),
                    help="which example of KH section 4 to run (default: mnist)")
     p.add_argument("--out", default=None,
                    help="report folder (default ./assocmem-report for mnist, ./assocmem-report-NAME otherwise)")
     p.add_argument("--quick", action="store_true", help="a smaller version that runs in about a minute")
-    p.add_argument("--memories", type=int, default=None, help="number of stored patterns (default: the example's)")
-    p.add_argument("--cues", type=int, default=None,
+    p.add_argument("--memories", type=A.integer(minimum=2), default=None, help="number of stored patterns (default: the example's)")
+    p.add_argument("--cues", type=A.integer(minimum=1), default=None,
                    help="cues per model and corruption, the same for every model (default: the example's own counts)")
-    p.add_argument("--beta", type=float, default=None, help="inverse temperature (default: the example's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--beta", type=A.positive(), default=None, help="inverse temperature (default: the example's)")
+    p.add_argument("--seed", type=A.seed(SEED_MAX), default=0, help=f"random seed, 0 to {SEED_MAX} (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
-    from .._validation import check_choice, check_int, check_positive
     from ..report import check_report_target, format_table
 
-    name = check_choice("--example", args.example, EXAMPLES)
-    if args.memories is not None:
-        check_int("--memories", args.memories, minimum=2)
-    if args.cues is not None:
-        check_int("--cues", args.cues, minimum=1)
-    if args.beta is not None:
-        check_positive("--beta", args.beta)
-    check_int("--seed", args.seed, minimum=0)
+    name = args.example
+    if args.memories is not None:  # the stored patterns in float32 and one working copy: a lower bound
+        A.memory("--memories", 8 * args.memories * N_FEATURES[name], f"storing {args.memories} patterns of "
+                 f"{N_FEATURES[name]} values ({name})")
     out = args.out or ("assocmem-report" if name == "mnist" else f"assocmem-report-{name}")
     check_report_target(out)  # fail before the run, not after it
     mod = importlib.import_module(f"assocmem.examples.{name}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from . import _args as A
+
 MODELS = ("modern", "dense-exp", "dense-power", "classical", "spherical")
 
 
@@ -22,15 +24,17 @@ def register(sub):
     p.add_argument("--memory", required=True, metavar="FILE", help="memory bank written by `assocmem store`")
     p.add_argument("--cue", required=True, metavar="IMAGE", help="the damaged image (PNG, JPEG, ...)")
     p.add_argument("--out", required=True, metavar="PNG", help="where to write the recalled image (PNG)")
-    p.add_argument("--model", default="modern", choices=MODELS, help="which model recalls (default modern)")
-    p.add_argument("--beta", type=float, default=None,
+    p.add_argument("--model", default="modern", type=A.choice(MODELS), help=f"which model recalls: {' | '.join(MODELS)} (default modern)")
+    p.add_argument("--beta", type=A.positive(), default=None,
                    help="inverse temperature for modern, dense-exp, spherical (default: the bank's, 0.8 unless set at store)")
-    p.add_argument("--n", type=int, default=30, help="power n of dense-power (default 30)")
-    p.add_argument("--max-steps", type=int, default=50, help="most updates (sweeps for binary models), default 50")
+    p.add_argument("--n", type=A.integer(minimum=2), default=30, help="power n of dense-power (default 30)")
+    p.add_argument("--max-steps", type=A.integer(minimum=1), default=50,
+                   help="most updates (sweeps for binary models), default 50")
     p.add_argument("--clamp", action="store_true",
                    help="hold the opaque pixels of the cue fixed (when they are known to be right); with spherical "
                         "the unknown pixels then start at random +-1 values")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sweep order and of random unknown pixels")
+    p.add_argument("--seed", type=A.seed(), default=0,
+                   help="seed of the sweep order and of random unknown pixels, 0 to 2^64 - 1 (default 0)")
     p.set_defaults(func=run)
     return p
 
@@ -58,15 +62,9 @@ def run(args) -> int:
     import torch
 
     from .. import load
-    from .._validation import check_choice, check_int, check_positive
     from ..data import ImageMemory, image_to_pattern, pattern_to_image, read_image, write_png
 
-    model_name = check_choice("--model", args.model, MODELS)
-    n = check_int("--n", args.n, minimum=2)
-    max_steps = check_int("--max-steps", args.max_steps, minimum=1)
-    seed = check_int("--seed", args.seed, minimum=0)
-    if args.beta is not None:
-        check_positive("--beta", args.beta)
+    model_name, n, max_steps, seed = args.model, args.n, args.max_steps, args.seed
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out: got {str(out)!r}; expected a file name ending in .png")

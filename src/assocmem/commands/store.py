@@ -4,8 +4,9 @@ written atomically with checksums by ``assocmem.bank``; ``assocmem recall`` read
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from . import _args as A
 
 
 def register(sub):
@@ -19,24 +20,27 @@ def register(sub):
     )
     p.add_argument("dir", metavar="DIR", help="folder of images (not searched recursively)")
     p.add_argument("--out", required=True, metavar="FILE", help="memory bank to write (a .safetensors file)")
-    p.add_argument("--size", default=None, metavar="WxH", help="resize every image to W x H pixels (default: keep; all must match)")
+    p.add_argument("--size", default=None, metavar="WxH", type=A.image_size(),
+                   help="resize every image to W x H pixels (default: keep; all must match); refused when the "
+                        "folder's images at that size would not fit in the memory available")
     p.add_argument("--gray", action="store_true", help="keep grey levels in [-1, 1] instead of +-1 pixels")
-    p.add_argument("--threshold", type=float, default=0.5, help="grey level above which a pixel is +1 (default 0.5)")
-    p.add_argument("--beta", type=float, default=0.8, help="inverse temperature stored with the bank (default 0.8)")
+    p.add_argument("--threshold", type=A.fraction(), default=0.5, help="grey level in [0, 1] above which a pixel is +1 (default 0.5)")
+    p.add_argument("--beta", type=A.positive(), default=0.8, help="inverse temperature stored with the bank (default 0.8)")
     p.set_defaults(func=run)
     return p
 
 
-def parse_size(text) -> tuple[int, int]:
-    """``"28x28"`` -> (width, height)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ValueError(f"--size: got {text!r}; expected WIDTHxHEIGHT in pixels, such as 28x28")
-    return int(m.group(1)), int(m.group(2))
+# bytes per pixel of each stored image (its float32 pattern in the list and in the stacked bank) and
+# of the one image being read (float64 grey levels, 8-bit resize, float64 result, float32 pattern)
+BYTES_PER_STORED_PIXEL = 8
+BYTES_PER_PIXEL_IN_FLIGHT = 8 + 1 + 8 + 4
 
 
 def load_folder(folder, size: tuple[int, int] | None = None, gray: bool = False, threshold: float = 0.5):
-    """Patterns (K, H*W), (H, W), file names, and the names of skipped non-image files of a folder."""
+    """Patterns (K, H*W), (H, W), file names, and the names of skipped non-image files of a folder.
+
+    Refuses (ValueError) a folder whose images would not fit in the memory available, before
+    reading any image when ``size`` is given, else after reading the first one (which gives the size)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -54,9 +58,18 @@ def load_folder(folder, size: tuple[int, int] | None = None, gray: bool = False,
     if not images:
         what = f"only files that are not images ({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})" if skipped else "no files"
         raise ValueError(f"DIR: {str(d)!r} holds {what}; expected image files such as PNGs")
+    def check_fits(w: int, h: int, option: str) -> None:
+        pixels = w * h
+        A.memory(option, len(images) * pixels * BYTES_PER_STORED_PIXEL + pixels * BYTES_PER_PIXEL_IN_FLIGHT,
+                 f"storing {len(images)} image(s) of {w}x{h} pixels")
+
+    if size is not None:
+        check_fits(*size, "--size")
     patterns, shape = [], None
     for p in images:
         grey, _known = read_image(p, name="DIR")
+        if size is None and shape is None:
+            check_fits(grey.shape[1], grey.shape[0], "DIR")
         if size is not None:
             w, h = size
             im = Image.fromarray(np.round(grey * 255).astype(np.uint8), mode="L").resize((w, h), Image.LANCZOS)
@@ -73,12 +86,9 @@ def load_folder(folder, size: tuple[int, int] | None = None, gray: bool = False,
 
 
 def run(args) -> int:
-    from .._validation import check_in_range, check_positive
     from ..data import ImageMemory
 
-    size = parse_size(args.size) if args.size is not None else None
-    threshold = check_in_range("--threshold", args.threshold, 0.0, 1.0)
-    beta = check_positive("--beta", args.beta)
+    size, threshold, beta = args.size, args.threshold, args.beta
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out: {str(out)!r} is a folder; expected a file name for the memory bank")
