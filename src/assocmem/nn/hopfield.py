@@ -1,40 +1,21 @@
-"""PyTorch layers built on associative memory: ``Hopfield`` (modern Hopfield retrieval = attention,
-KH eq. 13-16, Ramsauer et al. 2020), ``HopfieldPooling``, ``HopfieldLayer``, and ``EnergyLayer`` /
-``AssociativeMemoryLayer`` (the two-layer network of KH eq. 1-2 with learned xi, integrated a fixed
-number of steps). The math lives in :mod:`assocmem.functional` and :class:`assocmem.TwoLayerNetwork`.
+"""Modern Hopfield layers (Ramsauer et al. 2020; Krotov & Hopfield 2021 eq. 13-16): ``Hopfield``
+(state patterns retrieve from stored patterns: multi-head attention with iterated updates, eq. 16, that
+never raise the energy, eq. 13), ``HopfieldPooling`` (learned queries pool a set) and ``HopfieldLayer``
+(a lookup in learned patterns). The update and energy live in :mod:`assocmem.functional`.
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
-from . import functional as AF
-from . import integrators as _int
-from ._validation import (
-    DivergenceError,
-    check_in_range,
-    check_int,
-    check_positive,
-    describe,
-)
-from .lagrangians import Lagrangian, LogSumExp, Quadratic
-from .network import TwoLayerNetwork
+from .. import functional as AF
+from .._validation import check_in_range, check_int, check_positive, describe
 
-__all__ = [
-    "HopfieldOutput",
-    "Hopfield",
-    "HopfieldPooling",
-    "HopfieldLayer",
-    "EnergyOutput",
-    "EnergyLayer",
-    "AssociativeMemoryLayer",
-]
+__all__ = ["HopfieldOutput", "Hopfield", "HopfieldPooling", "HopfieldLayer"]
 
 
 class HopfieldOutput(NamedTuple):
@@ -42,14 +23,28 @@ class HopfieldOutput(NamedTuple):
 
     ``retrieved``: the retrieved patterns, laid out like the state input (``batch_first``).
     ``weights``: the read-out softmax, (B, L, S) averaged over heads or (B, H, L, S); None unless asked.
-    ``energy``: KH eq. (13) per head and query at the state the read-out used, (B, H, L); None unless asked.
-    ``steps``: number of updates applied. Unbatched inputs drop the B axis.
+    ``energy``: Krotov & Hopfield 2021 eq. (13) per head and query at the state the read-out used,
+    (B, H, L); None unless asked.
+    ``steps``: the number of updates (eq. 16) applied to the state before the read-out: 0 for plain
+    attention. Unbatched inputs drop the B axis.
     """
 
     retrieved: torch.Tensor
     weights: torch.Tensor | None
     energy: torch.Tensor | None
     steps: int
+
+
+class _Unset:
+    """Marks an argument the caller did not give (``None`` has a meaning of its own here)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+_UNSET = _Unset()
 
 
 def _size(name, x, default):
@@ -70,32 +65,131 @@ def _shape(t) -> tuple:
     return tuple(t.shape)
 
 
+def resolve_updates(updates, update_steps, max_updates, max_update_steps) -> tuple[int | None, int]:
+    """``(updates, max_updates)`` from the current names or their older spellings, which counted the
+    read-out as a step: ``update_steps = updates + 1``, ``max_update_steps = max_updates + 1``."""
+    if updates is not _UNSET and update_steps is not _UNSET:
+        raise ValueError(
+            f"updates: got updates={updates!r} and update_steps={update_steps!r}; expected only one "
+            "(update_steps is the older spelling, update_steps = updates + 1)"
+        )
+    if update_steps is not _UNSET:
+        updates = None if update_steps is None else check_int("update_steps", update_steps, minimum=1) - 1
+    elif updates is _UNSET:
+        updates = 0
+    elif updates is not None:
+        updates = check_int("updates", updates, minimum=0)
+    if max_updates is not None and max_update_steps is not None:
+        raise ValueError(
+            f"max_updates: got max_updates={max_updates!r} and max_update_steps={max_update_steps!r}; expected only "
+            "one (max_update_steps = max_updates + 1 is the older spelling)"
+        )
+    if max_update_steps is not None:
+        max_updates = check_int("max_update_steps", max_update_steps, minimum=1) - 1
+    elif max_updates is None:
+        max_updates = 100
+    else:
+        max_updates = check_int("max_updates", max_updates, minimum=0)
+    return updates, max_updates
+
+
+def head_beta(beta, num_heads: int, *, default: float, dtype=None, device=None):
+    """A positive float, or a (num_heads,) tensor of positive numbers (one inverse temperature per head)
+    from a tensor or a sequence; ``default`` when ``beta`` is None."""
+    if beta is None:
+        return float(default)
+    if isinstance(beta, (list, tuple)) or (isinstance(beta, torch.Tensor) and beta.ndim > 0):
+        try:
+            t = torch.as_tensor(beta, dtype=dtype if dtype is not None else torch.get_default_dtype(), device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"beta: got {describe(beta)}; expected a positive number or one per head, shape ({num_heads},)") from None
+        t = t.detach().clone()
+        if t.shape != (num_heads,):
+            raise ValueError(f"beta: got shape {_shape(t)}; expected a number or a tensor of shape ({num_heads},), one per head")
+        if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
+            raise ValueError(f"beta: got {t.tolist()}; expected finite numbers > 0 (one per head)")
+        return t
+    return float(check_positive("beta", beta))
+
+
+def check_normalize(normalize) -> bool:
+    """``normalize`` is None (no pattern normalisation) or "layer" (LayerNorm); returns whether it is on."""
+    if normalize is None or normalize is False:
+        return False
+    if normalize == "layer" or normalize is True:
+        return True
+    raise ValueError(f"normalize: got {normalize!r}; expected None or 'layer' (LayerNorm on the patterns)")
+
+
+def merge_masks(key_padding_mask, attn_mask, B, H, L, S, unbatched, dtype):
+    """One mask broadcastable to (B, H, L, S), from ``nn.MultiheadAttention``'s two conventions:
+    ``key_padding_mask`` (B, S) (or (S,) unbatched) and ``attn_mask`` (L, S), (B * H, L, S) or
+    (B, H, L, S); bool (True = ignore) or additive float. Bool if both are bool, else additive."""
+    kpm = key_padding_mask
+    if kpm is not None:
+        want = (S,) if unbatched else (B, S)
+        if not isinstance(kpm, torch.Tensor) or kpm.shape != want or not (kpm.dtype == torch.bool or kpm.is_floating_point()):
+            what = f"({S} stored patterns)" if unbatched else f"(batch size {B}, {S} stored patterns)"
+            raise ValueError(f"key_padding_mask: got {describe(kpm)}; expected a bool or float tensor of shape {want} {what}")
+        kpm = kpm.view(B, 1, 1, S)
+    am = attn_mask
+    if am is not None:
+        ok = isinstance(am, torch.Tensor) and (am.dtype == torch.bool or am.is_floating_point())
+        shape = _shape(am) if ok else None
+        if shape == (L, S) or shape == (B, H, L, S):
+            pass
+        elif shape == (B * H, L, S):
+            am = am.view(B, H, L, S)
+        else:
+            raise ValueError(
+                f"attn_mask: got {describe(am)}; expected a bool or float tensor of shape ({L}, {S}), "
+                f"({B * H}, {L}, {S}) or ({B}, {H}, {L}, {S}) (L = {L} queries, S = {S} stored patterns, "
+                f"batch {B} x num_heads {H})"
+            )
+    if am is None:
+        mask = kpm
+    elif kpm is None:
+        mask = am
+    elif kpm.dtype == torch.bool and am.dtype == torch.bool:
+        return kpm | am
+    else:
+        return AF.additive_mask(kpm, dtype) + AF.additive_mask(am, dtype)
+    return mask if mask.dtype == torch.bool else mask.to(dtype)
+
+
 class Hopfield(nn.Module):
     """Modern Hopfield association: retrieve from stored patterns with state patterns (Ramsauer et al. 2020).
 
-    ``state`` (queries, R), ``stored`` (keys, Y) and ``values`` (pattern projections) are mapped by
-    optional learned projections into an association space of ``hidden_size`` split over
-    ``num_heads``; per head the state is updated ``update_steps - 1`` times by
-    ``xi <- softmax(beta xi Y^T + m) Y`` (KH eq. 16, a concave-convex step that never raises the
-    energy KH eq. 13) and read out as ``softmax(beta xi Y^T + m) V``, then the heads are concatenated
-    and projected to ``output_size``. With one step this is multi-head attention: without projections
-    it equals ``F.scaled_dot_product_attention``; with them it equals ``nn.MultiheadAttention`` with
-    the same weights (:meth:`from_multihead_attention`).
+    ``state`` (queries, R), ``stored`` (keys, Y) and ``values`` (pattern projections) are optionally
+    normalised (``normalize="layer"``: a LayerNorm on each of the three inputs, as hopfield-layers does by
+    default), mapped by optional learned projections into an association space of ``hidden_size`` split
+    over ``num_heads``; per head the state is updated ``updates`` times by
+    ``xi <- softmax(beta xi Y^T + m) Y`` (Krotov & Hopfield 2021 eq. 16, a concave-convex step that never
+    raises the energy, eq. 13) and read out as ``softmax(beta xi Y^T + m) V``, then the heads are
+    concatenated and projected to ``output_size``. With ``updates=0`` (the default) this is multi-head
+    attention: without projections or normalisation it equals ``F.scaled_dot_product_attention``; with
+    projections it equals ``nn.MultiheadAttention`` with the same weights (:meth:`from_multihead_attention`).
 
     Parameters
     ----------
     input_size : size of the state patterns.
-    hidden_size : size of the association space (all heads together); default ``input_size``.
+    hidden_size : size of the association space, all heads together (hopfield-layers counts it per
+        head); default ``input_size``.
     num_heads : number of independent heads; must divide ``hidden_size`` (and the value size).
-    beta : inverse temperature; default ``1 / sqrt(hidden_size / num_heads)``.
-    update_steps : number of updates, or None to iterate until ``max |xi_new - xi| <= tol * max(1, max |xi|)``
-        (at most ``max_update_steps``; ``tol`` default :func:`assocmem.functional.default_tol`).
+    beta : inverse temperature: a number, or one per head (a (num_heads,) tensor or sequence);
+        default ``1 / sqrt(hidden_size / num_heads)``.
+    updates : number of updates applied to the state before the read-out (0: plain attention), or None
+        to iterate until ``max |xi_new - xi| <= tol * max(1, max |xi|)`` (at most ``max_updates``; ``tol``
+        default :func:`assocmem.functional.default_tol`). ``update_steps`` (positional) is its older
+        spelling, ``update_steps = updates + 1``, and ``max_update_steps = max_updates + 1``.
     stored_size, value_size : sizes of the stored patterns and of the values (default ``input_size``
         and ``stored_size``).
     output_size : size of the result; default ``input_size`` with an output projection, else the value size.
     projections : default for the four switches ``project_state``, ``project_stored``,
         ``project_values``, ``project_output`` (learned linear maps with ``bias``). Without the state
         (stored) projection, ``input_size`` (``stored_size``) must equal ``hidden_size``.
+    normalize : None (default) or "layer": default for ``normalize_state``, ``normalize_stored``,
+        ``normalize_values``, each a LayerNorm (learned affine, ``norm_eps``) on that input before its projection.
     learn_beta : make beta a learned parameter, one per head (kept positive: stored as its log).
     dropout : dropout on the read-out weights while training.
     batch_first : inputs (B, L, size) if True (the default, unlike ``nn.MultiheadAttention``), else (L, B, size).
@@ -107,8 +201,8 @@ class Hopfield(nn.Module):
     >>> hop = Hopfield(16, num_heads=2)
     >>> x = torch.randn(4, 10, 16)                      # (batch, set size, features)
     >>> out = hop(x, return_energy=True)                # self-association: stored = values = x
-    >>> out.retrieved.shape, out.energy.shape
-    (torch.Size([4, 10, 16]), torch.Size([4, 2, 10]))
+    >>> out.retrieved.shape, out.energy.shape, out.steps
+    (torch.Size([4, 10, 16]), torch.Size([4, 2, 10]), 0)
     """
 
     def __init__(
@@ -116,9 +210,11 @@ class Hopfield(nn.Module):
         input_size: int,
         hidden_size: int | None = None,
         num_heads: int = 1,
-        beta: float | None = None,
-        update_steps: int | None = 1,
+        beta=None,
+        update_steps=_UNSET,
         *,
+        updates=_UNSET,
+        max_updates: int | None = None,
         stored_size: int | None = None,
         value_size: int | None = None,
         output_size: int | None = None,
@@ -128,9 +224,14 @@ class Hopfield(nn.Module):
         project_values: bool | None = None,
         project_output: bool | None = None,
         bias: bool = True,
+        normalize: str | None = None,
+        normalize_state: bool | None = None,
+        normalize_stored: bool | None = None,
+        normalize_values: bool | None = None,
+        norm_eps: float = 1e-5,
         learn_beta: bool = False,
         tol: float | None = None,
-        max_update_steps: int = 100,
+        max_update_steps: int | None = None,
         dropout: float = 0.0,
         batch_first: bool = True,
         device=None,
@@ -177,46 +278,86 @@ class Hopfield(nn.Module):
                     f"output_size: got {self.output_size} with project_output=False; expected the value size "
                     f"{self.head_value_total} (or enable project_output)"
                 )
-        self.update_steps = None if update_steps is None else check_int("update_steps", update_steps, minimum=1)
+        self.updates, self.max_updates = resolve_updates(updates, update_steps, max_updates, max_update_steps)
         self.tol = None if tol is None else float(check_positive("tol", tol))
-        self.max_update_steps = check_int("max_update_steps", max_update_steps, minimum=1)
         self.dropout = check_in_range("dropout", dropout, 0.0, 1.0, hi_open=True)
         self.batch_first = _flag("batch_first", batch_first, True)
         head_dim = self._head_dim = self.hidden_size // H
         self._head_value_dim = self.head_value_total // H
-        beta = 1.0 / math.sqrt(head_dim) if beta is None else float(check_positive("beta", beta))
+        beta = head_beta(beta, H, default=1.0 / math.sqrt(head_dim), **fk)
         if _flag("learn_beta", learn_beta, False):
-            self.log_beta = nn.Parameter(torch.full((H,), math.log(beta), **fk))
+            init = beta.log() if isinstance(beta, torch.Tensor) else torch.full((H,), math.log(beta), **fk)
+            self.log_beta = nn.Parameter(init)
             self._beta = None
         else:
             self.log_beta = None
-            self._beta = beta
+            if isinstance(beta, torch.Tensor):
+                self.register_buffer("_beta_heads", beta, persistent=False)
+                self._beta = None
+            else:
+                self._beta_heads = None
+                self._beta = beta
         bias = _flag("bias", bias, True)
         self.state_proj = nn.Linear(self.input_size, self.hidden_size, bias=bias, **fk) if self.project_state else None
         self.stored_proj = nn.Linear(self.stored_size, self.hidden_size, bias=bias, **fk) if self.project_stored else None
         self.value_proj = nn.Linear(self.value_size, self.hidden_size, bias=bias, **fk) if self.project_values else None
         self.out_proj = nn.Linear(self.head_value_total, self.output_size, bias=bias, **fk) if self.project_output else None
+        norm = check_normalize(normalize)
+        eps = float(check_positive("norm_eps", norm_eps))
+        self.state_norm = nn.LayerNorm(self.input_size, eps=eps, **fk) if _flag("normalize_state", normalize_state, norm) else None
+        self.stored_norm = nn.LayerNorm(self.stored_size, eps=eps, **fk) if _flag("normalize_stored", normalize_stored, norm) else None
+        self.value_norm = nn.LayerNorm(self.value_size, eps=eps, **fk) if _flag("normalize_values", normalize_values, norm) else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Projections as in ``nn.MultiheadAttention``: Xavier-uniform weights, zero biases."""
+        """Projections as in ``nn.MultiheadAttention``: Xavier-uniform weights, zero biases; LayerNorms
+        with unit scale and zero shift."""
         for lin in (self.state_proj, self.stored_proj, self.value_proj, self.out_proj):
             if lin is not None:
                 nn.init.xavier_uniform_(lin.weight)
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
+        for ln in (self.state_norm, self.stored_norm, self.value_norm):
+            if ln is not None:
+                ln.reset_parameters()
 
     @property
     def beta(self):
-        """The inverse temperature: a float, or a (num_heads,) tensor when learned."""
-        return self._beta if self.log_beta is None else self.log_beta.exp()
+        """The inverse temperature: a float, or a (num_heads,) tensor when learned or given per head."""
+        if self.log_beta is not None:
+            return self.log_beta.exp()
+        return self._beta if self._beta_heads is None else self._beta_heads
+
+    @property
+    def update_steps(self) -> int | None:
+        """The older spelling of :attr:`updates`: ``updates + 1`` (None: iterate to convergence)."""
+        return None if self.updates is None else self.updates + 1
+
+    @property
+    def max_update_steps(self) -> int:
+        """The older spelling of :attr:`max_updates`: ``max_updates + 1``."""
+        return self.max_updates + 1
 
     def extra_repr(self) -> str:
-        b = "learned" if self.log_beta is not None else f"{self._beta:.4g}"
+        if self.log_beta is not None:
+            b = "learned"
+        elif self._beta_heads is not None:
+            b = "[" + ", ".join(f"{x:.4g}" for x in self._beta_heads.tolist()) + "]"
+        else:
+            b = f"{self._beta:.4g}"
+        norm = ", normalize='layer'" if (self.state_norm or self.stored_norm or self.value_norm) is not None else ""
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, num_heads={self.num_heads}, "
-            f"beta={b}, update_steps={self.update_steps}, batch_first={self.batch_first}"
+            f"beta={b}, updates={self.updates}{norm}, batch_first={self.batch_first}"
         )
+
+    def _head_betas(self):
+        """beta for the retrieval: a float, or a (H, 1, 1) tensor (one per head)."""
+        if self.log_beta is not None:
+            return self.log_beta.exp().view(-1, 1, 1)
+        if self._beta_heads is not None:
+            return self._beta_heads.view(-1, 1, 1)
+        return self._beta
 
     # -- the forward pass ------------------------------------------------------------------------------
     def forward(
@@ -291,7 +432,23 @@ class Hopfield(nn.Module):
         H = self.num_heads
         mask = None
         if key_padding_mask is not None or attn_mask is not None:
-            mask = self._merge_masks(key_padding_mask, attn_mask, B, L, S, unbatched, state.dtype)
+            mask = merge_masks(key_padding_mask, attn_mask, B, H, L, S, unbatched, state.dtype)
+
+        # pattern normalisation (Ramsauer et al. 2020, section 3: LayerNorm on the three inputs)
+        sn, kn, vn = self.state_norm, self.stored_norm, self.value_norm
+        raw_stored = stored
+        if kn is not None:
+            stored = kn(stored)
+            same_stored = False
+        if sn is not None:
+            state = sn(state)
+            same_stored = False
+        if vn is not None:
+            values = vn(values)
+            same_values = False
+        elif same_values:
+            values = stored if kn is None else raw_stored
+            same_values = kn is None
 
         d, dv = self._head_dim, self._head_value_dim
         sp, kp, vp = self.state_proj, self.stored_proj, self.value_proj
@@ -307,22 +464,24 @@ class Hopfield(nn.Module):
         else:
             v = values if vp is None else vp(values)
             v = v.view(B, S, H, dv).transpose(1, 2) if not shared else v.view(S, H, dv).transpose(0, 1).expand(B, H, S, dv)
-        log_beta = self.log_beta
-        beta = self._beta if log_beta is None else log_beta.exp().view(H, 1, 1)
+        beta = self._head_betas()
         need = return_weights or return_energy
         p = self.dropout if self.training else 0.0
-        if self.update_steps == 1 and not need:  # the common case: one fused attention call
-            if log_beta is not None:
+        if self.updates == 0 and not need:  # the common case: one fused attention call
+            if isinstance(beta, torch.Tensor):
                 q, scale = q * beta.to(q.dtype), 1.0
             else:
                 scale = beta
             keep = None if mask is None else (~mask if mask.dtype == torch.bool else mask)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p, scale=scale)
             r = None
+            steps = 0
         else:
-            r = AF._retrieve(q, k, v, beta, mask, self.update_steps, self.tol, self.max_update_steps, p,
+            update_steps = None if self.updates is None else self.updates + 1
+            r = AF._retrieve(q, k, v, beta, mask, update_steps, self.tol, self.max_updates + 1, p,
                              return_weights, return_energy)
             o = r.retrieved
+            steps = r.steps - 1  # the functional counts the read-out as a step
         out = o.transpose(1, 2).reshape(B, L, H * dv)
         op = self.out_proj
         if op is not None:
@@ -339,7 +498,7 @@ class Hopfield(nn.Module):
         if unbatched:
             w = None if w is None else w.squeeze(0)
             e = None if e is None else e.squeeze(0)
-        return HopfieldOutput(out, w, e, r.steps)
+        return HopfieldOutput(out, w, e, steps)
 
     def _bad_state(self, state):
         layout = "(B, L, size)" if self.batch_first else "(L, B, size)"
@@ -355,42 +514,6 @@ class Hopfield(nn.Module):
             f"stored_size = {self.stored_size}"
         )
 
-    def _merge_masks(self, key_padding_mask, attn_mask, B, L, S, unbatched, dtype):
-        """One mask broadcastable to (B, H, L, S): bool (True = ignore) if both are bool, else additive."""
-        H = self.num_heads
-        kpm = key_padding_mask
-        if kpm is not None:
-            want = (S,) if unbatched else (B, S)
-            if not isinstance(kpm, torch.Tensor) or kpm.shape != want or not (kpm.dtype == torch.bool or kpm.is_floating_point()):
-                what = f"({S} stored patterns)" if unbatched else f"(batch size {B}, {S} stored patterns)"
-                raise ValueError(
-                    f"key_padding_mask: got {describe(kpm)}; expected a bool or float tensor of shape {want} {what}"
-                )
-            kpm = kpm.view(B, 1, 1, S)
-        am = attn_mask
-        if am is not None:
-            ok = isinstance(am, torch.Tensor) and (am.dtype == torch.bool or am.is_floating_point())
-            shape = _shape(am) if ok else None
-            if shape == (L, S) or shape == (B, H, L, S):
-                pass
-            elif shape == (B * H, L, S):
-                am = am.view(B, H, L, S)
-            else:
-                raise ValueError(
-                    f"attn_mask: got {describe(am)}; expected a bool or float tensor of shape ({L}, {S}), "
-                    f"({B * H}, {L}, {S}) or ({B}, {H}, {L}, {S}) (L = {L} queries, S = {S} stored patterns, "
-                    f"batch {B} x num_heads {H})"
-                )
-        if am is None:
-            mask = kpm
-        elif kpm is None:
-            mask = am
-        elif kpm.dtype == torch.bool and am.dtype == torch.bool:
-            return kpm | am
-        else:
-            return AF.additive_mask(kpm, dtype) + AF.additive_mask(am, dtype)
-        return mask if mask.dtype == torch.bool else mask.to(dtype)
-
     @classmethod
     def from_multihead_attention(cls, mha: nn.MultiheadAttention, **kwargs) -> "Hopfield":
         """A Hopfield layer computing exactly what ``mha`` computes (one update step), weights copied.
@@ -404,7 +527,7 @@ class Hopfield(nn.Module):
         E = mha.embed_dim
         w = mha.in_proj_weight
         hop = cls(
-            E, E, mha.num_heads, None, 1, stored_size=mha.kdim, value_size=mha.vdim, bias=mha.in_proj_bias is not None,
+            E, E, mha.num_heads, None, updates=0, stored_size=mha.kdim, value_size=mha.vdim, bias=mha.in_proj_bias is not None,
             dropout=mha.dropout, batch_first=mha.batch_first, device=mha.out_proj.weight.device,
             dtype=mha.out_proj.weight.dtype, **kwargs,
         )
@@ -426,13 +549,24 @@ class Hopfield(nn.Module):
         return hop
 
 
+
+
+def _retrieval_options(kw: dict) -> dict:
+    """The keyword arguments a wrapper passes through to its inner :class:`Hopfield` unchanged."""
+    return {k: kw[k] for k in ("updates", "max_updates", "max_update_steps", "tol", "learn_beta", "dropout",
+                               "batch_first", "norm_eps", "device", "dtype")}
+
+
 class HopfieldPooling(nn.Module):
     """Pool a set (bag) of patterns to ``num_queries`` vectors with learned state patterns (queries).
 
-    The learned queries live in the association space (``hidden_size``) and retrieve from the set
-    (stored patterns, projected); the result is (B, num_queries, output_size) (batch_first), or
-    (num_queries, output_size) for an unbatched set. ``key_padding_mask`` (B, S) marks padding of
-    ragged sets. Other arguments as in :class:`Hopfield`.
+    The learned queries live in the association space (``hidden_size``; no state projection) and
+    retrieve from the set (stored patterns, projected); the result is (B, num_queries, output_size)
+    (batch_first), or (num_queries, output_size) for an unbatched set — not flattened (hopfield-layers
+    flattens to (B, num_queries * output_size)). ``output_size`` defaults to ``input_size``.
+    ``forward(stored, key_padding_mask, values=...)`` reads out separate values (of ``value_size``,
+    default ``input_size``) instead of the set itself. ``normalize="layer"`` puts a LayerNorm on the
+    queries, the set and the values. Other arguments as in :class:`Hopfield`.
 
     Example
     -------
@@ -451,15 +585,20 @@ class HopfieldPooling(nn.Module):
         num_queries: int = 1,
         hidden_size: int | None = None,
         num_heads: int = 1,
-        beta: float | None = None,
-        update_steps: int | None = 1,
+        beta=None,
+        update_steps=_UNSET,
         *,
+        updates=_UNSET,
+        max_updates: int | None = None,
+        value_size: int | None = None,
         output_size: int | None = None,
         projections: bool = True,
         bias: bool = True,
+        normalize: str | None = None,
+        norm_eps: float = 1e-5,
         learn_beta: bool = False,
         tol: float | None = None,
-        max_update_steps: int = 100,
+        max_update_steps: int | None = None,
         dropout: float = 0.0,
         batch_first: bool = True,
         device=None,
@@ -469,11 +608,14 @@ class HopfieldPooling(nn.Module):
         input_size = check_int("input_size", input_size, minimum=1)
         self.num_queries = check_int("num_queries", num_queries, minimum=1)
         hidden = _size("hidden_size", hidden_size, input_size)
+        value_size = _size("value_size", value_size, input_size)
+        projections = _flag("projections", projections, True)
+        if output_size is None and projections:
+            output_size = input_size
         self.hopfield = Hopfield(
-            hidden, hidden, num_heads, beta, update_steps, stored_size=input_size, value_size=input_size,
+            hidden, hidden, num_heads, beta, update_steps, stored_size=input_size, value_size=value_size,
             output_size=output_size, project_state=False, project_stored=projections, project_values=projections,
-            project_output=projections, bias=bias, learn_beta=learn_beta, tol=tol, max_update_steps=max_update_steps,
-            dropout=dropout, batch_first=batch_first, device=device, dtype=dtype,
+            project_output=projections, bias=bias, normalize=normalize, **_retrieval_options(locals()),
         )
         self.input_size = input_size
         self.query = nn.Parameter(torch.empty(self.num_queries, hidden, device=device, dtype=dtype))
@@ -483,9 +625,15 @@ class HopfieldPooling(nn.Module):
     def output_size(self) -> int:
         return self.hopfield.output_size
 
+    @property
+    def value_size(self) -> int:
+        return self.hopfield.value_size
+
     def forward(self, stored: torch.Tensor, key_padding_mask: torch.Tensor | None = None, *,
-                return_weights: bool = False, return_energy: bool = False, average_weights: bool = True):
-        """Pool ``stored`` (B, S, input_size) (batch_first), (S, B, input_size), or unbatched (S, input_size)."""
+                values: torch.Tensor | None = None, return_weights: bool = False, return_energy: bool = False,
+                average_weights: bool = True):
+        """Pool ``stored`` (B, S, input_size) (batch_first), (S, B, input_size), or unbatched (S, input_size);
+        ``values`` (same layout, last axis ``value_size``) are read out instead of ``stored`` when given."""
         if not isinstance(stored, torch.Tensor) or stored.ndim not in (2, 3):
             raise ValueError(
                 f"stored: got {describe(stored)}; expected a set of shape (B, S, {self.input_size}) "
@@ -497,18 +645,21 @@ class HopfieldPooling(nn.Module):
             q = self.query.unsqueeze(0).expand(stored.shape[0], -1, -1)
         else:
             q = self.query.unsqueeze(1).expand(-1, stored.shape[1], -1)
-        return self.hopfield(q, stored, key_padding_mask=key_padding_mask, return_weights=return_weights,
+        return self.hopfield(q, stored, values, key_padding_mask=key_padding_mask, return_weights=return_weights,
                              return_energy=return_energy, average_weights=average_weights)
 
 
 class HopfieldLayer(nn.Module):
     """A lookup in ``num_patterns`` learned stored patterns: ``softmax(beta R Y^T) V`` with Y learned.
 
-    By default a pure associative lookup: no state or output projection (``input_size`` is the size
-    of the stored patterns), values = the stored patterns. ``separate_values=True`` learns separate
-    values of the output size (a key-value memory: keys match the input, values are returned).
-    ``project_state`` / ``project_output`` add learned linear maps around the lookup. The stored
-    patterns are ``.patterns`` (num_patterns, hidden_size), the values ``.values`` when separate.
+    By default a pure associative lookup: no state or output projection, values = the stored patterns.
+    ``separate_values=True`` (implied by giving ``values``) holds separate values of the output size
+    (a key-value memory: keys match the input, values are returned). ``patterns`` (num_patterns,
+    hidden_size) and ``values`` (num_patterns, value size) give starting contents (default: normal
+    random); ``learn_patterns=False`` / ``learn_values=False`` freeze them (e.g. fixed lookup targets).
+    A state projection is added when ``hidden_size`` differs from ``input_size`` (or with
+    ``project_state=True``); ``project_output`` adds one after the lookup. The stored patterns are
+    ``.patterns``, the values ``.values`` when separate.
 
     Example
     -------
@@ -527,17 +678,25 @@ class HopfieldLayer(nn.Module):
         num_patterns: int,
         hidden_size: int | None = None,
         num_heads: int = 1,
-        beta: float | None = None,
-        update_steps: int | None = 1,
+        beta=None,
+        update_steps=_UNSET,
         *,
+        updates=_UNSET,
+        max_updates: int | None = None,
         output_size: int | None = None,
-        separate_values: bool = False,
-        project_state: bool = False,
+        separate_values: bool | None = None,
+        patterns: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+        learn_patterns: bool = True,
+        learn_values: bool = True,
+        project_state: bool | None = None,
         project_output: bool = False,
         bias: bool = True,
+        normalize: str | None = None,
+        norm_eps: float = 1e-5,
         learn_beta: bool = False,
         tol: float | None = None,
-        max_update_steps: int = 100,
+        max_update_steps: int | None = None,
         dropout: float = 0.0,
         batch_first: bool = True,
         device=None,
@@ -547,215 +706,51 @@ class HopfieldLayer(nn.Module):
         fk = {"device": device, "dtype": dtype}
         input_size = check_int("input_size", input_size, minimum=1)
         self.num_patterns = check_int("num_patterns", num_patterns, minimum=1)
-        project_state = _flag("project_state", project_state, False)
-        project_output = _flag("project_output", project_output, False)
-        self.separate_values = _flag("separate_values", separate_values, False)
         hidden = _size("hidden_size", hidden_size, input_size)
-        if self.separate_values:
-            value_size = hidden if project_output else _size("output_size", output_size, input_size)
+        project_state = _flag("project_state", project_state, hidden != input_size)
+        project_output = _flag("project_output", project_output, False)
+        separate = _flag("separate_values", separate_values, values is not None)
+        if values is not None and not separate:
+            raise ValueError("values: got starting values with separate_values=False; expected separate_values=True (or leave it unset)")
+        P = self.num_patterns
+        patterns = self._start("patterns", patterns, (P, hidden), "(num_patterns, hidden_size)", fk)
+        if separate:
+            if values is not None:
+                if not isinstance(values, torch.Tensor) or values.ndim != 2 or values.shape[0] != P:
+                    raise ValueError(f"values: got {describe(values)}; expected a tensor of shape ({P}, value size), one value per pattern")
+                value_size = values.shape[1]
+            else:
+                value_size = hidden if project_output else _size("output_size", output_size, input_size)
+            values = self._start("values", values, (P, value_size), "(num_patterns, value size)", fk)
         else:
             value_size = hidden
+        self.separate_values = separate
         self.hopfield = Hopfield(
             input_size, hidden, num_heads, beta, update_steps, stored_size=hidden, value_size=value_size,
             output_size=output_size, project_state=project_state, project_stored=False, project_values=False,
-            project_output=project_output, bias=bias, learn_beta=learn_beta, tol=tol,
-            max_update_steps=max_update_steps, dropout=dropout, batch_first=batch_first, **fk,
+            project_output=project_output, bias=bias, normalize=normalize, **_retrieval_options(locals()),
         )
-        self.patterns = nn.Parameter(torch.empty(self.num_patterns, hidden, **fk))
-        nn.init.normal_(self.patterns)
-        if self.separate_values:
-            self.values = nn.Parameter(torch.empty(self.num_patterns, value_size, **fk))
-            nn.init.normal_(self.values)
-        else:
-            self.values = None
+        self.patterns = nn.Parameter(patterns, requires_grad=_flag("learn_patterns", learn_patterns, True))
+        self.values = nn.Parameter(values, requires_grad=_flag("learn_values", learn_values, True)) if separate else None
+
+    @staticmethod
+    def _start(name, given, shape, what, fk) -> torch.Tensor:
+        if given is None:
+            return nn.init.normal_(torch.empty(shape, **fk))
+        if not isinstance(given, torch.Tensor) or _shape(given) != shape or not given.is_floating_point():
+            raise ValueError(f"{name}: got {describe(given)}; expected a floating-point tensor of shape {shape} = {what}")
+        dtype = fk["dtype"] if fk["dtype"] is not None else (given.dtype if given.is_floating_point() else None)
+        return given.detach().to(device=fk["device"], dtype=dtype).clone()
 
     @property
     def output_size(self) -> int:
         return self.hopfield.output_size
 
-    def forward(self, state: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
-                return_weights: bool = False, return_energy: bool = False, average_weights: bool = True):
-        """Look up ``state`` (B, L, input_size) (batch_first) or unbatched (L, input_size)."""
+    def forward(self, state: torch.Tensor, *, key_padding_mask: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, return_weights: bool = False, return_energy: bool = False,
+                average_weights: bool = True):
+        """Look up ``state`` (B, L, input_size) (batch_first) or unbatched (L, input_size);
+        ``key_padding_mask`` (B, num_patterns) hides patterns per batch element."""
         values = self.patterns if self.values is None else self.values
-        return self.hopfield(state, self.patterns, values, attn_mask=attn_mask, return_weights=return_weights,
-                             return_energy=return_energy, average_weights=average_weights)
-
-
-# -- energy layers: the general two-layer network with learned synapses --------------------------------
-class EnergyOutput(NamedTuple):
-    """``v`` (B, N_f) final feature state; ``h`` (B, N_h) final memory state; ``energy`` (steps + 1, B),
-    KH eq. (2) (with the input-current term) at every step."""
-
-    v: torch.Tensor
-    h: torch.Tensor
-    energy: torch.Tensor
-
-
-class _Positive(nn.Module):
-    """Parametrization keeping a learned Lagrangian parameter positive: stored as its log."""
-
-    def forward(self, x):
-        return x.exp()
-
-    def right_inverse(self, y):
-        return y.log()
-
-
-class EnergyLayer(nn.Module):
-    """A :class:`~assocmem.TwoLayerNetwork` (KH eq. 1-2) with learned ``xi``, run for ``steps`` fixed steps.
-
-    The input is the initial feature state ``v0`` (B, N_f) (the memory layer starts at its steady
-    state ``xi g(v0)``, KH eq. 5), optionally with an ``input_current`` I; the output is the feature
-    state after ``steps`` steps of ``method`` ('rk4' or 'euler') with step ``dt``. Gradients flow by
-    backpropagation through the steps to ``xi`` and, with ``learn_lagrangians=True``, to the
-    Lagrangians' ``beta``/``gamma`` (kept positive; the Lagrangians are copied first). A Lagrangian
-    parameter that is already an ``nn.Parameter`` is learned as given.
-
-    Parameters
-    ----------
-    n_features, n_memories : N_f and N_h.
-    lagrangian_v, lagrangian_h : default ``Quadratic()`` and ``LogSumExp(beta=1)`` (Model B, KH eq. 11).
-    xi : initial synapses (N_h, N_f); default normal with standard deviation ``init_std``
-        (default ``1 / sqrt(n_features)``).
-
-    Example
-    -------
-    >>> import torch
-    >>> from assocmem.nn import EnergyLayer
-    >>> layer = EnergyLayer(8, 20, steps=5, dt=0.2)
-    >>> out = layer(torch.randn(3, 8), return_energy=True)
-    >>> out.v.shape, out.energy.shape
-    (torch.Size([3, 8]), torch.Size([6, 3]))
-    """
-
-    def __init__(
-        self,
-        n_features: int,
-        n_memories: int,
-        lagrangian_v: Lagrangian | None = None,
-        lagrangian_h: Lagrangian | None = None,
-        *,
-        steps: int = 10,
-        dt: float = 0.1,
-        method: str = "rk4",
-        tau_f: float = 1.0,
-        tau_h: float = 0.1,
-        alpha: float = 1.0,
-        learn_lagrangians: bool = False,
-        xi: torch.Tensor | None = None,
-        init_std: float | None = None,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__()
-        n_features = check_int("n_features", n_features, minimum=1)
-        n_memories = check_int("n_memories", n_memories, minimum=1)
-        self.steps = check_int("steps", steps, minimum=1)
-        self.dt = float(check_positive("dt", dt))
-        self.method = _int.check_method(method)
-        if self.method not in _int.FIXED_STEP:
-            raise ValueError(f"method: got {method!r}; expected a fixed-step method, one of {sorted(_int.FIXED_STEP)}")
-        lv = Quadratic() if lagrangian_v is None else lagrangian_v
-        lh = LogSumExp(beta=1.0) if lagrangian_h is None else lagrangian_h
-        for name, lag in (("lagrangian_v", lv), ("lagrangian_h", lh)):
-            if not isinstance(lag, Lagrangian):
-                raise TypeError(f"{name}: got {describe(lag)}; expected an assocmem.lagrangians.Lagrangian")
-        if _flag("learn_lagrangians", learn_lagrangians, False):
-            lv, lh = self._learnable(lv, device, dtype), self._learnable(lh, device, dtype)
-        if xi is None:
-            std = 1.0 / math.sqrt(n_features) if init_std is None else float(check_positive("init_std", init_std))
-            xi = torch.randn(n_memories, n_features, device=device, dtype=dtype) * std
-        else:
-            if not isinstance(xi, torch.Tensor) or _shape(xi) != (n_memories, n_features):
-                raise ValueError(f"xi: got {describe(xi)}; expected a tensor of shape ({n_memories}, {n_features}) = (n_memories, n_features)")
-            xi = xi.detach().to(device=device, dtype=dtype).clone()
-        self.network = TwoLayerNetwork(nn.Parameter(xi), lv, lh, tau_f=tau_f, tau_h=tau_h, alpha=alpha)
-
-    @staticmethod
-    def _learnable(lag: Lagrangian, device, dtype) -> Lagrangian:
-        lag = copy.deepcopy(lag)
-        for name in ("beta", "gamma"):
-            if name in lag.__dict__ and not isinstance(lag.__dict__[name], torch.Tensor):
-                value = float(lag.__dict__.pop(name))
-                lag.register_parameter(name, nn.Parameter(torch.tensor(value, device=device, dtype=dtype or torch.get_default_dtype())))
-                parametrize.register_parametrization(lag, name, _Positive())
-        return lag
-
-    @property
-    def xi(self) -> nn.Parameter:
-        return self.network.xi
-
-    @property
-    def n_features(self) -> int:
-        return self.network.n_features
-
-    @property
-    def n_memories(self) -> int:
-        return self.network.n_memories
-
-    def extra_repr(self) -> str:
-        return f"n_features={self.n_features}, n_memories={self.n_memories}, steps={self.steps}, dt={self.dt}, method={self.method!r}"
-
-    def forward(self, v0: torch.Tensor, input_current: torch.Tensor | None = None, clamp: torch.Tensor | None = None,
-                *, return_energy: bool = False):
-        """Integrate from ``v0`` (B, N_f) or (N_f,); returns the final ``v``, or an :class:`EnergyOutput`
-        with ``return_energy``. ``input_current`` (B, N_f) or (N_f,) is I of KH eq. 1; ``clamp`` a bool
-        mask of feature neurons held at their value in ``v0``. A non-finite state raises
-        :class:`~assocmem.DivergenceError` (outside torch.compile)."""
-        net = self.network
-        xi = net.xi
-        N = net.n_features
-        if not isinstance(v0, torch.Tensor) or v0.ndim not in (1, 2) or v0.shape[-1] != N:
-            raise ValueError(f"v0: got {describe(v0)}; expected shape ({N},) or (B, {N}) with N_f = {N} (xi is {_shape(xi)})")
-        single = v0.ndim == 1
-        v = v0.unsqueeze(0) if single else v0
-        v = v.to(dtype=xi.dtype)
-        B = v.shape[0]
-        current = None
-        if input_current is not None:
-            if not isinstance(input_current, torch.Tensor) or input_current.shape[-1] != N or input_current.ndim not in (1, 2) \
-                    or (input_current.ndim == 2 and input_current.shape[0] not in (1, B)):
-                raise ValueError(f"input_current: got {describe(input_current)}; expected shape ({N},) or ({B}, {N}) to match v0")
-            current = input_current.to(dtype=xi.dtype)
-        if clamp is not None:
-            if not isinstance(clamp, torch.Tensor) or clamp.dtype != torch.bool or clamp.shape[-1] != N or clamp.ndim not in (1, 2) \
-                    or (clamp.ndim == 2 and clamp.shape[0] not in (1, B)):
-                raise ValueError(f"clamp: got {describe(clamp)}; expected a bool mask of shape ({N},) or ({B}, {N})")
-        tau_f = net.tau_f
-
-        def func(state):
-            dv, dh = net.derivatives(state[0], state[1])
-            if current is not None:
-                dv = dv + current / tau_f
-            if clamp is not None:
-                dv = dv.masked_fill(clamp, 0.0)
-            return dv, dh
-
-        def energy(v, h):
-            e = net.energy(v, h)
-            if current is not None:
-                e = e - (current * net.lagrangian_v.activation(v)).sum(-1)
-            return e
-
-        h = net.lagrangian_v.activation(v) @ xi.T
-        step = _int.FIXED_STEP[self.method]
-        energies = [energy(v, h)] if return_energy else None
-        for _ in range(self.steps):
-            v, h = step(func, (v, h), self.dt)
-            if energies is not None:
-                energies.append(energy(v, h))
-        if not torch.compiler.is_compiling() and not (bool(torch.isfinite(v).all()) and bool(torch.isfinite(h).all())):
-            raise DivergenceError(
-                f"EnergyLayer diverged within {self.steps} steps of dt = {self.dt}: non-finite feature or memory "
-                "state; reduce dt, use method='rk4', or check that both Lagrangians are convex"
-            )
-        if single:
-            v, h = v.squeeze(0), h.squeeze(0)
-        if not return_energy:
-            return v
-        e = torch.stack(energies)
-        return EnergyOutput(v, h, e.squeeze(1) if single else e)
-
-
-AssociativeMemoryLayer = EnergyLayer
-"""Alias of :class:`EnergyLayer`."""
+        return self.hopfield(state, self.patterns, values, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                             return_weights=return_weights, return_energy=return_energy, average_weights=average_weights)
