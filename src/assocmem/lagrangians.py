@@ -454,7 +454,7 @@ def from_spec(spec: dict, tensors: dict | None = None) -> Lagrangian:
 
 class Heaviside(Lagrangian):
     """L = sum max(x - theta, 0); activation: the Heaviside step Θ(x - theta) (Θ(0) = 0). Convex,
-    bounded; the hidden layer of the threshold model (Kafraj, Krotov & Latham 2026, MODELS.md sec. 5).
+    bounded; the hidden layer of the threshold model (Kafraj, Krotov & Latham 2026).
     The Hessian is zero away from the kink, so ``curvature`` is 0; the Legendre term is theta·Θ(x - theta)."""
 
     bounded = True

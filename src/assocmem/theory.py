@@ -1,8 +1,9 @@
 """Reference capacity formulas that the capacity lab (``assocmem.capacity``) is checked against.
 
-MODELS.md section 4 (classical Hopfield: Amit-Gutfreund-Sompolinsky 0.138 N, McEliece et al.
-N/(4 ln N), N/(2 ln N); Dense AM: Krotov & Hopfield 2016, Demircigil et al. 2017; the two-layer
-bound N_mem <= N_h, KH eq. 9) and section 5 (the threshold model's no-bit-flip bound).
+Classical Hopfield: Amit, Gutfreund & Sompolinsky 1985 (0.138 N), McEliece et al. 1987
+(N/(4 ln N), N/(2 ln N)); Dense AM: Krotov & Hopfield 2016, Demircigil et al. 2017; the two-layer
+bound N_mem <= N_h (KH 2021 eq. 9); the threshold model's no-bit-flip bound (Kafraj, Krotov &
+Latham 2026).
 """
 from __future__ import annotations
 
@@ -56,22 +57,22 @@ def _out(a: np.ndarray):
 def amit_gutfreund_sompolinsky(N):
     """``0.138 N``: the Hebbian Hopfield network retrieves its patterns with small error (final overlap
     about 0.97) up to this many random +-1 patterns (Amit, Gutfreund & Sompolinsky, Phys. Rev. Lett.
-    55, 1530 (1985); replica-symmetric theory, N -> infinity). MODELS.md section 4, first row."""
+    55, 1530 (1985); replica-symmetric theory, N -> infinity). """
     return _out(ALPHA_AGS * _sizes("N", N, 1.0))
 
 
 def mceliece(N):
     """``N / (4 ln N)``: with this many random +-1 patterns *every* stored pattern is a fixed point of
     the Hebbian network with probability -> 1 (McEliece, Posner, Rodemich & Venkatesh, IEEE Trans.
-    Inf. Theory 33, 461 (1987)). MODELS.md section 4, second row. Needs N >= 2."""
+    Inf. Theory 33, 461 (1987)). Needs N >= 2."""
     a = _sizes("N", N, 2.0)
     return _out(a / (4.0 * np.log(a)))
 
 
 def most_fixed_points(N):
     """``N / (2 ln N)``: a given (typical) stored pattern is a fixed point with probability -> 1, so
-    most patterns are (McEliece et al. 1987). It is the KH2016 formula at n = 2. MODELS.md section 4,
-    third row. Needs N >= 2."""
+    most patterns are (McEliece et al. 1987). It is the KH2016 formula at n = 2.
+    Needs N >= 2."""
     a = _sizes("N", N, 2.0)
     return _out(a / (2.0 * np.log(a)))
 
@@ -89,7 +90,7 @@ def double_factorial(k: int) -> int:
 def krotov_hopfield_2016(N, n: int):
     """``N^(n-1) / (2 (2n-3)!! ln N)``: Dense Associative Memory with F(x) = x^n stores this many random
     +-1 patterns with no errors in one-step recall from the pattern (Krotov & Hopfield, NeurIPS 2016,
-    "Dense associative memory for pattern recognition", section 2). MODELS.md section 4, fourth row.
+    "Dense associative memory for pattern recognition", section 2).
     At n = 2 it equals :func:`most_fixed_points`. Needs N >= 2 and integer n >= 2.
 
     >>> round(krotov_hopfield_2016(100, 3), 1), round(krotov_hopfield_2016(100, 2), 2)
@@ -113,7 +114,7 @@ def demircigil_exponent(rho: float = 0.0) -> float:
 
 def demircigil(N, rho: float = 0.0):
     """``exp(alpha N)`` with ``alpha = demircigil_exponent(rho)``: the asymptotic exponential capacity of
-    Dense AM with F = exp (Demircigil et al. 2017; MODELS.md section 4, fifth row, ``K ~ exp(c N)``).
+    Dense AM with F = exp (Demircigil et al. 2017, ``K ~ exp(c N)``).
     An asymptotic rate, not a finite-N prediction: use it for the shape of the curve."""
     a = _sizes("N", N, 1.0)
     return _out(np.exp(demircigil_exponent(rho) * a))
@@ -121,7 +122,7 @@ def demircigil(N, rho: float = 0.0):
 
 def hidden_neuron_bound(N_h):
     """``N_h``: a two-layer network stores at most one memory per hidden (memory) neuron,
-    ``N_mem <= N_h`` (KH 2021 eq. 9: ``N_mem ~ min(N_f^(n-1), N_h)``). MODELS.md section 4, last row."""
+    ``N_mem <= N_h`` (KH 2021 eq. 9: ``N_mem ~ min(N_f^(n-1), N_h)``)."""
     return _out(_sizes("N_h", N_h, 1.0))
 
 
@@ -129,7 +130,7 @@ def threshold_no_flip_bound(N_v, N_h):
     """Lower bound on the probability that a binary hidden state of the threshold model is stable (no
     hidden bit flips):
     ``1 - N_h sqrt((N_h + 1) / N_v) exp(-N_v / (8 (N_h + 1))) / sqrt(pi / 2)``
-    (Kafraj, Krotov & Latham, ICLR 2026, arXiv 2601.00984; MODELS.md section 5). Clipped at 0, where
+    (Kafraj, Krotov & Latham, ICLR 2026, arXiv 2601.00984; Kafraj, Krotov & Latham 2026). Clipped at 0, where
     the bound says nothing. Broadcasts over arrays of N_v and N_h."""
     v = _sizes("N_v", N_v, 1.0)
     h = _sizes("N_h", N_h, 1.0)

@@ -1,5 +1,5 @@
 """The excitatory/inhibitory dendritic associative memory after Kafraj, Krotov, Bicknell & Latham (ICMNS
-2025 abstract; MODELS.md section 6): rate dynamics of two excitatory and three inhibitory populations
+2025 abstract; Kafraj, Krotov, Bicknell & Latham 2025): rate dynamics of two excitatory and three inhibitory populations
 obeying Dale's law, non-silent memory neurons, and dendritic nonlinearities that keep recall perfect.
 The equations are written out in :class:`DendriticEIMemory` and in docs/bio.md.
 """

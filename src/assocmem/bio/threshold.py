@@ -1,5 +1,5 @@
 """The threshold model of Kafraj, Krotov & Latham (ICLR 2026): a two-layer network whose hidden layer
-is a Heaviside threshold, so a memory is a binary combination of hidden neurons (MODELS.md section 5).
+is a Heaviside threshold, so a memory is a binary combination of hidden neurons (Kafraj, Krotov & Latham 2026).
 It is KH eq. (1) after the change of variables v = sqrt(N_v/N_h) u (see :class:`ThresholdMemory`).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ MAX_ENUMERATED_HIDDEN = 24
 
 def stability_bound(n_visible: int, n_hidden: int) -> float:
     """Kafraj, Krotov & Latham's lower bound on the probability that a binary hidden state has no
-    unstable bit (MODELS.md section 5), clipped to [0, 1]:
+    unstable bit (Kafraj, Krotov & Latham 2026), clipped to [0, 1]:
     ``1 - N_h sqrt((N_h+1)/N_v) exp(-N_v / (8 (N_h+1))) / sqrt(pi/2)``."""
     n_v = check_int("n_visible", n_visible, minimum=1)
     n_h = check_int("n_hidden", n_hidden, minimum=1)
@@ -60,7 +60,7 @@ def _binary(name: str, s, n: int) -> tuple[torch.Tensor, bool]:
 
 
 class ThresholdMemory(Storable, nn.Module):
-    """Threshold associative memory (MODELS.md section 5), with ``xi`` (N_h, N_v):
+    """Threshold associative memory (Kafraj, Krotov & Latham 2026), with ``xi`` (N_h, N_v):
 
         tau_v dv_i/dt  = -v_i  + (1/sqrt(N_h)) sum_mu xi_{mu i} Θ(h_mu - θ)
         tau_h dh_mu/dt = -h_mu + (sqrt(N_h)/N_v) sum_i xi_{mu i} v_i
@@ -128,7 +128,7 @@ class ThresholdMemory(Storable, nn.Module):
                                tau_f=self.tau_v, tau_h=self.tau_h)
 
     def derivatives(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dv/dt, dh/dt) written straight from the equations of MODELS.md section 5 (a reference
+        """(dv/dt, dh/dt) written straight from the equations of Kafraj, Krotov & Latham 2026 (a reference
         for the change of variables; :meth:`recall` integrates the equivalent network)."""
         n_h, n_v = self.xi.shape
         s = (h > self.theta).to(h.dtype)
@@ -229,7 +229,7 @@ class ThresholdMemory(Storable, nn.Module):
     def fit(self, images, epochs: int = 10, lr: float = 1e-2, batch_size: int = 128, beta: float = 50.0,
             n_passes: int = 2, generator: torch.Generator | None = None, progress: bool = True) -> list[float]:
         """Learn ``xi`` so that the network reconstructs ``images`` (n, N_v), with the steep sigmoid
-        ``sigma(beta (h - θ))`` in place of Θ (MODELS.md section 5). One pass maps visible ``x`` to
+        ``sigma(beta (h - θ))`` in place of Θ (Kafraj, Krotov & Latham 2026). One pass maps visible ``x`` to
         ``s = sigma(beta (h(x) - θ))`` (the hidden steady state) and back to ``x' = xi^T s / sqrt(N_h)``
         (the visible steady state); ``n_passes`` passes are unrolled from the image and each
         reconstruction's squared error to the image is averaged, so the image's hidden code is also
