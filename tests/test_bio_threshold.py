@@ -170,7 +170,7 @@ def test_bad_input():
 
 @pytest.mark.slow
 def test_mnist_experiment_quick(tmp_path):
-    """scripts/bio_mnist.py --quick (10,000 digits, 10 epochs): many distinct stable minima, far more
+    """docs/figures/make_bio_mnist.py --quick (10,000 digits, 10 epochs): many distinct stable minima, far more
     recalled states than the 50 that a winner-take-all layer of 50 hidden units allows."""
     import json
     import pathlib
@@ -178,7 +178,7 @@ def test_mnist_experiment_quick(tmp_path):
     import sys
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(root / "scripts" / "bio_mnist.py"), "--quick", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, str(root / "docs" / "figures" / "make_bio_mnist.py"), "--quick", "--out", str(tmp_path)],
                    check=True, cwd=root, timeout=3600)
     d = json.loads((tmp_path / "bio_mnist.json").read_text())
     for name in ("bio_mnist.png", "bio_mnist_models.csv", "bio_mnist_samples.npz"):
@@ -196,14 +196,14 @@ def test_mnist_experiment_quick(tmp_path):
 
 
 def test_distinct_state_count_does_not_split_equal_states():
-    """scripts/bio_mnist.py counts recalled states as one when they agree to 1e-3 of the largest
+    """docs/figures/make_bio_mnist.py counts recalled states as one when they agree to 1e-3 of the largest
     |coordinate|: two states straddling a rounding-grid line (0.0125 +- 1e-7) are one state (rounding
     to a 1e-3 grid made them two: 51 "distinct" states for Model B's 50 memories), states 1e-2 apart
     are two, and the tolerance scales with the states (unit vectors with coordinates ~0.04)."""
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "bio_mnist.py"
+    path = pathlib.Path(__file__).resolve().parents[1] / "docs" / "figures" / "make_bio_mnist.py"
     spec = importlib.util.spec_from_file_location("bio_mnist", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

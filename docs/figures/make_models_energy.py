@@ -2,7 +2,7 @@
 two-layer network (KH eq. 1) from which each model is the tau_h -> 0 limit.
 
 Writes docs/figures/models_energy.png and docs/figures/models_energy.json.
-Run: .venv/bin/python scripts/models_figure.py
+Run: .venv/bin/python docs/figures/make_models_energy.py
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 from assocmem import ClassicalHopfield, DenseAssociativeMemory, ModernHopfield, SphericalMemory
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "figures"
+OUT = pathlib.Path(__file__).resolve().parent
 
 
 def main() -> None:

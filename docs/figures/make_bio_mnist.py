@@ -9,7 +9,7 @@ as in the paper's 60,000; the 10,000 test digits are held out. Recall accuracy =
 classifier (an MLP trained on the original 60,000 training digits) on the recalled visible states.
 
 Writes docs/figures/bio_mnist.{json,png}, bio_mnist_models.csv and bio_mnist_samples.npz (for --replot).
-Run: .venv/bin/python scripts/bio_mnist.py [--quick] [--epochs E] [--n-train N]
+Run: .venv/bin/python docs/figures/make_bio_mnist.py [--quick] [--epochs E] [--n-train N]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from assocmem import DenseAssociativeMemory, ModernHopfield, SphericalMemory
 from assocmem._io import atomic_replace
 from assocmem.bio import ThresholdMemory
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "figures"
+OUT = pathlib.Path(__file__).resolve().parent
 
 
 def load_mnist_splits():

@@ -4,7 +4,7 @@ basin of attraction (MODELS.md section 5), and the E/I dendritic model's rates, 
 
 Writes docs/figures/bio_threshold_stability.{png,csv}, bio_threshold_recovery.{png,csv},
 bio_dendritic_rates.{png,json}, bio_dendritic_ablation.{png,csv}, bio_dendritic_capacity.{png,csv,json}.
-Run: .venv/bin/python scripts/bio_figures.py [--only threshold|rates|ablation|capacity]
+Run: .venv/bin/python docs/figures/make_bio_figures.py [--only threshold|rates|ablation|capacity]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from assocmem import integrators
 from assocmem._io import atomic_replace
 from assocmem.bio import DendriticEIMemory, ThresholdMemory, stability_bound
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "figures"
+OUT = pathlib.Path(__file__).resolve().parent
 
 
 def save_png(fig, path):
