@@ -492,6 +492,7 @@ _NON_DEFAULT = {
     "Quadratic": {}, "Abs": {}, "Tanh": {"beta": 2.5}, "Sigmoid": {"beta": 0.3}, "RectifiedPower": {"n": 5},
     "Power": {"n": 4}, "Exp": {"beta": 0.7}, "LogSumExp": {"beta": 3.5}, "Spherical": {"eps": 0.25},
     "LayerNorm": {"gamma": 1.7, "eps": 0.01, "delta": 0.4}, "Heaviside": {"theta": 0.21},
+    "Entmax": {"alpha": 1.7, "beta": 2.5}, "Sparsemax": {"beta": 3.0},
 }
 
 

@@ -19,6 +19,8 @@ from assocmem.lagrangians import (
     Sigmoid,
     Spherical,
     Tanh,
+    Entmax,
+    Sparsemax,
     from_spec,
 )
 
@@ -26,6 +28,7 @@ ALL = [
     Quadratic(), Abs(), Tanh(1.0), Tanh(3.5), Sigmoid(1.0), Sigmoid(0.3), RectifiedPower(2), RectifiedPower(3),
     Power(2), Power(3), Power(4), Exp(1.0), Exp(0.5), LogSumExp(1.0), LogSumExp(4.0), Spherical(), LayerNorm(),
     LayerNorm(gamma=2.0, eps=0.1), Heaviside(0.5), Heaviside(0.21),
+    Entmax(1.5, 1.0), Entmax(1.5, 3.0), Entmax(1.25, 2.0), Entmax(3.0, 0.5), Sparsemax(1.0), Sparsemax(4.0),
 ]
 IDS = [repr(l) for l in ALL]
 

@@ -483,3 +483,185 @@ class Heaviside(Lagrangian):
 
 CATALOG[Heaviside.__name__] = Heaviside
 __all__.append("Heaviside")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sparse separation: alpha-entmax (Peters, Niculae & Martins 2019) and sparsemax (Martins &
+# Astudillo 2016) as memory-layer Lagrangians L(h) = Omega*(beta h) / beta
+# ---------------------------------------------------------------------------------------------------
+def _entmax_threshold_sorted(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """tau with sum_j [(alpha - 1) z_j - tau]_+^(1/(alpha-1)) = 1, exactly, by sorting (alpha = 2:
+    Martins & Astudillo 2016, Alg. 1; alpha = 1.5: Peters, Niculae & Martins 2019, Alg. 2).
+    ``z`` is already multiplied by (alpha - 1) and shifted so that its maximum is 0."""
+    zs, _ = torch.sort(z, dim=-1, descending=True)
+    d = z.shape[-1]
+    rho = torch.arange(1, d + 1, dtype=z.dtype, device=z.device)
+    if alpha == 2.0:
+        cs = zs.cumsum(-1) - 1.0
+        support = (rho * zs > cs).sum(-1, keepdim=True)
+        return cs.gather(-1, support - 1) / support.to(z.dtype)
+    mean = zs.cumsum(-1) / rho
+    mean_sq = (zs * zs).cumsum(-1) / rho
+    delta = (1.0 - rho * (mean_sq - mean * mean)) / rho
+    tau = mean - torch.sqrt(torch.clamp(delta, min=0.0))
+    support = (tau <= zs).sum(-1, keepdim=True)
+    return tau.gather(-1, support - 1)
+
+
+def _entmax_threshold_bisect(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """tau for any alpha > 1 by bisection (Blondel et al. 2019; as in the ``entmax`` package):
+    tau lies in [max z - 1, max z - d^(1 - alpha)] for ``z`` scaled by (alpha - 1), max z = 0."""
+    d = z.shape[-1]
+    inv = 1.0 / (alpha - 1.0)
+    lo = torch.full(z.shape[:-1] + (1,), -1.0, dtype=z.dtype, device=z.device)
+    hi = torch.full_like(lo, -(d ** (1.0 - alpha)))
+    iters = 60 if z.dtype == torch.float64 else 32
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        f = torch.clamp(z - mid, min=0.0).pow(inv).sum(-1, keepdim=True) - 1.0
+        hi = torch.where(f < 0, mid, hi)  # mass below 1: tau too large
+        lo = torch.where(f < 0, lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _entmax_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    zz = (alpha - 1.0) * z
+    zz = zz - zz.amax(-1, keepdim=True)
+    if alpha in (1.5, 2.0):
+        tau = _entmax_threshold_sorted(zz, alpha)
+    else:
+        tau = _entmax_threshold_bisect(zz, alpha)
+    p = torch.clamp(zz - tau, min=0.0)
+    if alpha != 2.0:
+        p = p.pow(1.0 / (alpha - 1.0))
+    if alpha not in (1.5, 2.0):
+        p = p / p.sum(-1, keepdim=True)  # bisection leaves a last-bit error in the sum
+    return p
+
+
+def _entmax_weights(p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s with J = diag(s) - s s^T / sum(s), the Jacobian of entmax (Peters, Niculae & Martins
+    2019, Prop. 2): s_j = p_j^(2 - alpha) on the support, 0 off it."""
+    if alpha == 2.0:
+        return (p > 0).to(p.dtype)
+    return torch.where(p > 0, p.clamp(min=torch.finfo(p.dtype).tiny).pow(2.0 - alpha), torch.zeros_like(p))
+
+
+def _entmax_jvp(p: torch.Tensor, alpha: float, v: torch.Tensor) -> torch.Tensor:
+    s = _entmax_weights(p, alpha)
+    return s * v - s * ((s * v).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
+
+
+class _EntmaxFunction(torch.autograd.Function):
+    """entmax(z) with its closed-form Jacobian in the backward pass (not autograd through the sort
+    or the bisection loop); twice differentiable through the Jacobian formula itself."""
+
+    @staticmethod
+    def forward(ctx, z, alpha):
+        p = _entmax_forward(z, alpha)
+        ctx.save_for_backward(p)
+        ctx.alpha = alpha
+        return p
+
+    @staticmethod
+    def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
+        return _entmax_jvp(p, ctx.alpha, grad), None
+
+
+class _EntmaxValue(torch.autograd.Function):
+    """Omega*(z) = max_p [p.z + H_alpha(p)], whose gradient is entmax(z) (Danskin's theorem);
+    its second derivative is the closed-form Jacobian of :class:`_EntmaxFunction`."""
+
+    @staticmethod
+    def forward(ctx, z, alpha):
+        p = _entmax_forward(z, alpha)
+        ctx.save_for_backward(z)
+        ctx.alpha = alpha
+        return (p * z).sum(-1) + tsallis_entropy(p, alpha)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad.unsqueeze(-1) * _EntmaxFunction.apply(z, ctx.alpha), None
+
+
+def entmax(z: torch.Tensor, alpha: float = 1.5) -> torch.Tensor:
+    """alpha-entmax over the last axis: argmax over the probability simplex of p.z + H_alpha(p),
+    with the Tsallis entropy H_alpha(p) = (1 - sum_j p_j^alpha) / (alpha (alpha - 1)) (Peters,
+    Niculae & Martins 2019). alpha = 2 is sparsemax (Martins & Astudillo 2016); alpha -> 1 gives
+    softmax. Exact (sort-based) for alpha = 1.5 and 2, bisection otherwise; the gradient uses the
+    closed-form Jacobian."""
+    alpha = _check_alpha(alpha)
+    return _EntmaxFunction.apply(z, alpha)
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 1.0:
+        raise ValueError(f"alpha: got {alpha!r}; expected a finite number > 1 (alpha = 1 is softmax: use LogSumExp)")
+    return float(alpha)
+
+
+def tsallis_entropy(p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """H_alpha(p) = (1 - sum_j p_j^alpha) / (alpha (alpha - 1)), shape (...)."""
+    return (1.0 - p.clamp(min=0.0).pow(alpha).sum(-1)) / (alpha * (alpha - 1.0))
+
+
+class Entmax(Lagrangian):
+    """L(x) = Omega*(beta x) / beta with Omega*(z) = max_{p in simplex} [p.z + H_alpha(p)] (the
+    Tsallis entropy; Peters, Niculae & Martins 2019); activation alpha-entmax(beta x), a sparse
+    probability vector. A memory-layer Lagrangian in the sense of KH 2021 eq. 3: convex, so the
+    two-layer energy never increases (KH eq. 4); its effective Model B is
+    v <- xi^T entmax(beta xi v) with energy 1/2 v.v - L(xi v) (KH eq. 13 with this L; Hu et al.
+    2023, Santos et al. 2024). Legendre term -H_alpha(p)/beta; Hessian beta (diag s - s s^T / sum s),
+    s = p^(2 - alpha) on the support. Not additive; alpha -> 1 is LogSumExp.
+
+    Margin property: if beta (s_mu - max_{nu != mu} s_nu) >= 1/(alpha - 1) for the scores
+    s = xi q, entmax(beta s) is exactly one-hot on mu (one update returns xi_mu exactly)."""
+
+    additive = False
+    bounded = True
+
+    params = ("alpha", "beta")
+
+    def __init__(self, alpha: float = 1.5, beta: float = 1.0):
+        super().__init__()
+        self.alpha = _check_alpha(alpha)
+        self.beta = check_positive("beta", beta)
+
+    def activation(self, x):
+        return _EntmaxFunction.apply(self.beta * x, self.alpha)
+
+    def value(self, x):
+        return _EntmaxValue.apply(self.beta * x, self.alpha) / self.beta
+
+    def legendre(self, x):
+        return -tsallis_entropy(self.activation(x), self.alpha) / self.beta
+
+    def curvature(self, x, dx):
+        s = _entmax_weights(self.activation(x), self.alpha)
+        m = (s * dx).sum(-1)
+        return self.beta * ((s * dx * dx).sum(-1) - m * m / s.sum(-1))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={float(self.beta) if isinstance(self.beta, torch.Tensor) else self.beta}"
+
+
+class Sparsemax(Entmax):
+    """Entmax with alpha = 2: activation sparsemax(beta x), the Euclidean projection of beta x onto
+    the probability simplex (Martins & Astudillo 2016); L(x) = Omega*(beta x) / beta with
+    Omega*(z) = max_p [p.z + (1 - |p|^2) / 2]. One-step exact retrieval once
+    beta (s_mu - max_{nu != mu} s_nu) >= 1."""
+
+    params = ("beta",)
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__(alpha=2.0, beta=beta)
+
+    def extra_repr(self) -> str:
+        return f"beta={float(self.beta) if isinstance(self.beta, torch.Tensor) else self.beta}"
+
+
+CATALOG[Entmax.__name__] = Entmax
+CATALOG[Sparsemax.__name__] = Sparsemax
+__all__ += ["Entmax", "Sparsemax", "entmax", "tsallis_entropy"]
