@@ -587,3 +587,472 @@ def test_output_type():
     out = hop(x, return_weights=True)
     # steps counts the updates applied before the read-out: none for plain attention (it reported 1)
     assert isinstance(out, HopfieldOutput) and out.energy is None and out.steps == 0
+
+
+# ====================================================================================================
+# native additions: pattern normalisation, per-head beta, updates counted as updates, pooling and
+# lookup options
+# ====================================================================================================
+def layer_norm_by_hand(x, w, b, eps=1e-5):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    y = (x - mu) / torch.sqrt(var + eps)
+    return y if w is None else y * w + b
+
+
+def perturb_(module, seed=0, scale=0.3):
+    """Move every parameter off its initial value (LayerNorm scales off 1, biases off 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def test_normalize_off_by_default_and_layer_norm_on_the_three_inputs():
+    d = torch.float64
+    x, y, v = rnd(2, 5, 6, seed=1, dtype=d), rnd(2, 7, 6, seed=2, dtype=d), rnd(2, 7, 4, seed=3, dtype=d)
+    plain = Hopfield(6, num_heads=2, value_size=4, projections=False, dtype=d)
+    assert plain.state_norm is None and plain.stored_norm is None and plain.value_norm is None
+    ref = F.scaled_dot_product_attention(split_heads(x, 2), split_heads(y, 2), split_heads(v, 2))
+    torch.testing.assert_close(plain(x, y, v), ref.transpose(1, 2).reshape(2, 5, 4), rtol=0, atol=1e-12)
+    hop = perturb_(Hopfield(6, num_heads=2, value_size=4, normalize="layer", dtype=d))
+    for n in ("state", "stored", "value"):
+        assert isinstance(getattr(hop, n + "_norm"), nn.LayerNorm)
+    q = hop.state_proj(layer_norm_by_hand(x, hop.state_norm.weight, hop.state_norm.bias))
+    k = hop.stored_proj(layer_norm_by_hand(y, hop.stored_norm.weight, hop.stored_norm.bias))
+    vv = hop.value_proj(layer_norm_by_hand(v, hop.value_norm.weight, hop.value_norm.bias))
+    o = F.scaled_dot_product_attention(split_heads(q, 2), split_heads(k, 2), split_heads(vv, 2), scale=hop.beta)
+    torch.testing.assert_close(hop(x, y, v), hop.out_proj(o.transpose(1, 2).reshape(2, 5, 6)), rtol=1e-10, atol=1e-10)
+    # self-association: the three norms stay separate (own affine parameters), also without projections
+    solo = perturb_(Hopfield(6, num_heads=2, normalize="layer", projections=False, dtype=d))
+    qn = layer_norm_by_hand(x, solo.state_norm.weight, solo.state_norm.bias)
+    kn = layer_norm_by_hand(x, solo.stored_norm.weight, solo.stored_norm.bias)
+    vn = layer_norm_by_hand(x, solo.value_norm.weight, solo.value_norm.bias)
+    o = F.scaled_dot_product_attention(split_heads(qn, 2), split_heads(kn, 2), split_heads(vn, 2), scale=solo.beta)
+    torch.testing.assert_close(solo(x), o.transpose(1, 2).reshape(2, 5, 6), rtol=1e-10, atol=1e-10)
+    # one switch alone
+    only = Hopfield(6, normalize_stored=True)
+    assert only.stored_norm is not None and only.state_norm is None and only.value_norm is None
+    with pytest.raises(ValueError, match="normalize: got 'batch'"):
+        Hopfield(6, normalize="batch")
+
+
+def test_per_head_beta_fixed_and_learned():
+    d = torch.float64
+    x, y = rnd(3, 4, 8, seed=4, dtype=d), rnd(3, 9, 8, seed=5, dtype=d)
+    betas = torch.tensor([0.25, 1.0, 4.0, 9.0], dtype=d)
+    hop = Hopfield(8, num_heads=4, beta=betas, projections=False, dtype=d)
+    assert torch.equal(hop.beta, betas) and "beta" not in "".join(hop.state_dict())
+    out = hop(x, y, return_weights=True, average_weights=False)
+    qs, ks = split_heads(x, 4), split_heads(y, 4)
+    for h in range(4):  # each head is attention with its own scale
+        ref = F.scaled_dot_product_attention(qs[:, h], ks[:, h], ks[:, h], scale=float(betas[h]))
+        torch.testing.assert_close(out.retrieved[..., 2 * h:2 * h + 2], ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.weights[:, h], torch.softmax(betas[h] * qs[:, h] @ ks[:, h].transpose(1, 2), -1))
+    torch.testing.assert_close(hop(x, y), out.retrieved)  # the fused path agrees with the explicit one
+    learned = Hopfield(8, num_heads=4, beta=[0.25, 1.0, 4.0, 9.0], learn_beta=True, projections=False, dtype=d)
+    torch.testing.assert_close(learned.beta.detach(), betas)
+    learned(x, y).sum().backward()
+    assert learned.log_beta.grad is not None and bool((learned.log_beta.grad != 0).all())
+    with pytest.raises(ValueError, match=r"beta: got shape \(3,\); expected .* shape \(4,\)"):
+        Hopfield(8, num_heads=4, beta=torch.ones(3))
+    with pytest.raises(ValueError, match="beta: got .*expected finite numbers > 0"):
+        Hopfield(8, num_heads=2, beta=[1.0, -1.0])
+
+
+def test_updates_count_the_updates_applied_and_update_steps_is_the_older_spelling():
+    d = torch.float64
+    X = rnd(30, 10, seed=6, dtype=d)
+    cue = rnd(4, 10, seed=7, dtype=d)
+    m = ModernHopfield(X, beta=0.8)
+    for k in (0, 1, 3):
+        ref = cue
+        for _ in range(k + 1):  # k updates, then the read-out (itself one more application with values = X)
+            ref = m.step(ref)
+        new = Hopfield(10, beta=0.8, updates=k, projections=False, dtype=d)
+        old = Hopfield(10, beta=0.8, update_steps=k + 1, projections=False, dtype=d)
+        out = new(cue, X, return_energy=True)
+        assert out.steps == k and old(cue, X, return_energy=True).steps == k
+        assert new.updates == old.updates == k and new.update_steps == k + 1
+        torch.testing.assert_close(out.retrieved, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(old(cue, X), ref, rtol=1e-12, atol=1e-12)
+    conv = Hopfield(10, beta=0.8, updates=None, tol=1e-12, projections=False, dtype=d)
+    res = conv(cue, X, return_energy=True)
+    again = Hopfield(10, beta=0.8, updates=res.steps, projections=False, dtype=d)(cue, X)
+    torch.testing.assert_close(again, res.retrieved, rtol=0, atol=1e-12)  # steps is exactly what was applied
+    assert Hopfield(10, updates=None, max_updates=2, projections=False)(cue.float(), X.float(), return_weights=True).steps <= 2
+    with pytest.raises(ValueError, match="updates: got updates=2 and update_steps=3; expected only one"):
+        Hopfield(10, updates=2, update_steps=3)
+    with pytest.raises(ValueError, match="updates: got -1; expected an integer >= 0"):
+        Hopfield(10, updates=-1)
+
+
+def test_pooling_output_defaults_to_input_size_and_reads_separate_values():
+    pool = HopfieldPooling(12, num_queries=2, hidden_size=8, num_heads=2)
+    assert pool.output_size == 12  # it was hidden_size (8), against its own docstring
+    assert pool(rnd(3, 5, 12)).shape == (3, 2, 12)
+    d = torch.float64
+    bags, vals = rnd(3, 5, 12, seed=8, dtype=d), rnd(3, 5, 4, seed=9, dtype=d)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[0, 3:] = True
+    kv = perturb_(HopfieldPooling(12, num_queries=2, num_heads=2, value_size=4, dtype=d))
+    assert kv.value_size == 4 and kv.output_size == 12
+    out = kv(bags, pad, values=vals, return_weights=True, average_weights=False)
+    h = kv.hopfield
+    w = out.weights  # (B, H, Q, S)
+    v = split_heads(h.value_proj(vals), 2)
+    ref = h.out_proj((w @ v).transpose(1, 2).reshape(3, 2, 12))
+    torch.testing.assert_close(out.retrieved, ref, rtol=1e-12, atol=1e-12)
+    assert float(w[0, :, :, 3:].detach().abs().max()) == 0.0
+    # unbatched set with values
+    torch.testing.assert_close(kv(bags[1], values=vals[1]), kv(bags[1:2], values=vals[1:2])[0], rtol=1e-12, atol=1e-12)
+    normed = HopfieldPooling(12, normalize="layer")
+    assert normed.hopfield.state_norm.normalized_shape == (12,) and normed.hopfield.value_norm is not None
+
+
+def test_hopfield_layer_frozen_targets_given_contents_and_state_projection():
+    keys = 2 * torch.eye(6) + 0.1 * rnd(6, 6, seed=10)
+    targets = torch.eye(6)[:, [2, 0, 1, 5, 3, 4]]  # class targets, one per stored key
+    layer = HopfieldLayer(6, 6, beta=4.0, patterns=keys, values=targets, learn_values=False)
+    assert layer.separate_values and layer.output_size == 6
+    assert torch.equal(layer.patterns.detach(), keys) and layer.patterns.data_ptr() != keys.data_ptr()
+    assert not layer.values.requires_grad and layer.patterns.requires_grad
+    with torch.no_grad():  # each stored key retrieves its own target
+        assert torch.equal(layer(keys).argmax(-1), targets.argmax(-1))
+    opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad], lr=0.5)
+    layer(rnd(2, 5, 6, seed=11)).square().sum().backward()
+    assert layer.values.grad is None and layer.patterns.grad is not None
+    opt.step()
+    assert torch.equal(layer.values.detach(), targets) and not torch.equal(layer.patterns.detach(), keys)
+    frozen = HopfieldLayer(4, 6, learn_patterns=False)
+    assert not frozen.patterns.requires_grad
+    # hidden_size != input_size: a state projection is added instead of an error
+    proj = HopfieldLayer(10, 6, hidden_size=4)
+    assert proj.hopfield.state_proj is not None and proj(rnd(2, 3, 10)).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match=r"patterns: got .*expected a floating-point tensor of shape \(6, 4\)"):
+        HopfieldLayer(4, 6, patterns=torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="values: got starting values with separate_values=False"):
+        HopfieldLayer(6, 6, values=targets, separate_values=False)
+
+
+# ====================================================================================================
+# assocmem.nn.compat against hopfield-layers' equations: an independent reference written from them in
+# plain torch (loops over batch and heads), and hflayers itself where it is importable
+# ====================================================================================================
+from assocmem.nn import compat as C  # noqa: E402
+
+
+def hf_reference(kind, cfg, sd, data, kpm=None, am=None):
+    """hopfield-layers' forward, written from its documented equations (Ramsauer et al. 2020 eq. 3 with
+    LayerNorm on the three inputs, per-head update loop that stops at update_steps_max updates or when the
+    association matrix changes by at most update_steps_eps, Frobenius norm, maximum over the batch)."""
+    pre = "" if kind == "Hopfield" else "hopfield."
+    H = cfg.get("num_heads", 1)
+    E = cfg["input_size"]
+    hd = cfg.get("hidden_size") or E // H
+    pd = cfg.get("pattern_size") or hd
+    beta = cfg.get("scaling") or 1 / math.sqrt(hd)
+    limit = cfg.get("update_steps_max", 0)
+    eps = cfg.get("update_steps_eps", 1e-4)
+    qs = cfg.get("state_pattern_as_static", False)
+    ks = cfg.get("stored_pattern_as_static", False)
+    bf = cfg.get("batch_first", True)
+    if kind == "Hopfield":
+        stored, state, proj = data if isinstance(data, tuple) else (data, data, data)
+    elif kind == "HopfieldPooling":
+        stored = proj = data
+        w = sd["pooling_weights"]
+        n = data.shape[0 if bf else 1]
+        state = w.expand(n, -1, -1) if bf else w.expand(-1, n, -1)
+    else:
+        state = data
+        n = data.shape[0 if bf else 1]
+        lw = sd["lookup_weights"]
+        stored = lw.expand(n, -1, -1) if bf else lw.expand(-1, n, -1)
+        tw = sd.get("target_weights")
+        proj = stored if tw is None else (tw.expand(n, -1, -1) if bf else tw.expand(-1, n, -1))
+    if not bf:
+        stored, state, proj = stored.transpose(0, 1), state.transpose(0, 1), proj.transpose(0, 1)
+
+    def norm(x, name):
+        if pre + name + ".weight" in sd:
+            return layer_norm_by_hand(x, sd[pre + name + ".weight"], sd[pre + name + ".bias"])
+        return x
+
+    stored, state, proj = norm(stored, "norm_stored_pattern"), norm(state, "norm_state_pattern"), norm(proj, "norm_pattern_projection")
+    c = pre + "association_core."
+    if c + "in_proj_weight" in sd:
+        rows = [hd * H] * (not qs) + [hd * H] * (not ks) + [pd * H]
+        parts = list(sd[c + "in_proj_weight"].split(rows))
+        Wq = None if qs else parts.pop(0)
+        Wk = None if ks else parts.pop(0)
+        Wv = parts.pop(0)
+    else:
+        Wq, Wk, Wv = sd.get(c + "q_proj_weight"), sd.get(c + "k_proj_weight"), sd.get(c + "v_proj_weight")
+    bias = sd.get(c + "in_proj_bias")
+    if bias is not None:
+        parts = list(bias.split([hd * H] * (not qs) + [hd * H] * (not ks) + [pd * H]))
+        bq = None if qs else parts.pop(0)
+        bk = None if ks else parts.pop(0)
+        bv = parts.pop(0)
+    else:
+        bq = bk = bv = 0.0
+    q = state if qs else state @ Wq.T + bq
+    k = stored if ks else stored @ Wk.T + bk
+    v = proj @ Wv.T + bv
+    B, L, S = state.shape[0], state.shape[1], stored.shape[1]
+
+    def head(x, h, static, size):
+        return x if static else x[..., h * size:(h + 1) * size]
+
+    def assoc(xi, kh, b, h):
+        s = beta * xi @ kh.T
+        if kpm is not None:
+            s = s.masked_fill(kpm[b], float("-inf"))
+        if am is not None:
+            if am.dtype == torch.bool:
+                s = s.masked_fill(am, float("-inf"))
+            else:
+                s = s + am[b * H + h]
+        e = torch.exp(s - s.max(-1, keepdim=True).values)
+        return e / e.sum(-1, keepdim=True)
+
+    out = torch.zeros(B, L, H * pd, dtype=q.dtype)
+    for h in range(H):
+        kh = [head(k[b], h, ks, hd) for b in range(B)]
+        A = [assoc(head(q[b], h, qs, hd), kh[b], b, h) for b in range(B)]
+        step, active = 0, limit is None or limit > 0
+        while active:
+            step += 1
+            new = [assoc(A[b] @ kh[b], kh[b], b, h) for b in range(B)]
+            change = max(float(torch.linalg.norm(new[b] - A[b])) for b in range(B))
+            A = new
+            active = (limit is None or step < limit) and change > eps
+        for b in range(B):
+            out[b, :, h * pd:(h + 1) * pd] = A[b] @ v[b, :, h * pd:(h + 1) * pd]
+    if c + "out_proj.weight" in sd:
+        out = out @ sd[c + "out_proj.weight"].T + sd.get(c + "out_proj.bias", 0.0)
+    if not bf:
+        out = out.transpose(0, 1)
+    return out.flatten(start_dim=1) if kind == "HopfieldPooling" else out
+
+
+B_, L_, S_, E_ = 3, 4, 6, 8
+
+
+def _grid():
+    for H in (1, 2, 4):
+        for steps in (0, 1, 3, None):
+            yield "Hopfield", dict(input_size=E_, num_heads=H, update_steps_max=steps, scaling=0.7 if steps else None), "self"
+            yield "Hopfield", dict(input_size=E_, num_heads=H, hidden_size=3, pattern_size=5, output_size=7, stored_pattern_size=6,
+                                   pattern_projection_size=5, update_steps_max=steps), "three"
+            yield "HopfieldPooling", dict(input_size=E_, num_heads=H, quantity=2, update_steps_max=steps), "set"
+            yield "HopfieldLayer", dict(input_size=E_, num_heads=H, quantity=5, update_steps_max=steps, lookup_weights_as_separated=True,
+                                        lookup_targets_as_trainable=False), "seq"
+    yield "Hopfield", dict(input_size=E_, num_heads=2, batch_first=False, update_steps_max=2), "self"
+    yield "Hopfield", dict(input_size=E_, num_heads=2, input_bias=False, disable_out_projection=True), "self"
+    yield "HopfieldPooling", dict(input_size=E_, num_heads=2, hidden_size=E_, state_pattern_as_static=True, normalize_state_pattern=False,
+                                  normalize_state_pattern_affine=False, update_steps_max=2), "set"
+    yield "HopfieldLayer", dict(input_size=E_, num_heads=2, hidden_size=E_, quantity=5, stored_pattern_as_static=True,
+                                normalize_stored_pattern=False, normalize_stored_pattern_affine=False), "seq"
+
+
+GRID = list(_grid())
+
+
+def _build(kind, cfg, seed=0):
+    """A compat layer with every parameter moved off its initial value (so LayerNorm scales and biases count)."""
+    torch.manual_seed(seed)
+    return perturb_(getattr(C, kind)(**cfg).double().eval(), seed=seed)
+
+
+def _data(kind, how, bf=True, seed=1):
+    g = torch.Generator().manual_seed(seed)
+
+    def t(n, size):
+        return torch.randn((B_, n, size) if bf else (n, B_, size), generator=g, dtype=torch.float64)
+
+    if how == "three":
+        return t(S_, 6), t(L_, E_), t(S_, 5)
+    return t(S_ if how == "set" else L_, E_)
+
+
+@pytest.mark.parametrize("i", range(len(GRID)), ids=[f"{k}-{c.get('num_heads')}h-{c.get('update_steps_max')}-{h}" for k, c, h in GRID])
+def test_compat_equals_hopfield_layers_equations(i):
+    kind, cfg, how = GRID[i]
+    layer = _build(kind, cfg)
+    data = _data(kind, how, cfg.get("batch_first", True))
+    ref = hf_reference(kind, cfg, layer.state_dict(), data)
+    torch.testing.assert_close(layer(data), ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_compat_masks_equal_the_reference(steps):
+    cfg = dict(input_size=E_, num_heads=2, update_steps_max=steps)
+    layer = _build("Hopfield", cfg)
+    data = (rnd(B_, S_, E_, seed=4, dtype=torch.float64), rnd(B_, L_, E_, seed=5, dtype=torch.float64),
+            rnd(B_, S_, E_, seed=6, dtype=torch.float64))
+    kpm = torch.zeros(B_, S_, dtype=torch.bool)
+    kpm[0, 4:] = True
+    kpm[2, 1] = True
+    am = torch.zeros(L_, S_, dtype=torch.bool)
+    am[0, 0] = am[3, 2] = True
+    amf = rnd(B_ * 2, L_, S_, seed=7, dtype=torch.float64)
+    sd = layer.state_dict()
+    for kw in ({"stored_pattern_padding_mask": kpm}, {"association_mask": am}, {"association_mask": amf},
+               {"stored_pattern_padding_mask": kpm.to(torch.uint8), "association_mask": amf}):
+        ref = hf_reference("Hopfield", cfg, sd, data, kpm=kpm if "stored_pattern_padding_mask" in kw else None, am=kw.get("association_mask"))
+        torch.testing.assert_close(layer(data, **kw), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_compat_per_head_limits_and_early_stop():
+    """update_steps_max per head (a tensor) and the eps criterion on the association matrix."""
+    cfg = dict(input_size=E_, num_heads=2, scaling=2.0, update_steps_max=torch.tensor([0, 5]), update_steps_eps=1e-3)
+    layer = _build("Hopfield", cfg)
+    data = _data("Hopfield", "self", seed=8)
+    out = layer(data)
+    for h, limit in enumerate((0, 5)):
+        one = dict(cfg, update_steps_max=limit)
+        ref = hf_reference("Hopfield", one, layer.state_dict(), data)
+        # head h of the concatenated read-out, before the output projection, is what this head computed
+        W = layer.state_dict()["association_core.out_proj.weight"]
+        b = layer.state_dict()["association_core.out_proj.bias"]
+        pre_out = torch.linalg.lstsq(W, (ref - b).reshape(-1, E_).T).solution.T.reshape(B_, L_, E_)
+        got = torch.linalg.lstsq(W, (out - b).reshape(-1, E_).T).solution.T.reshape(B_, L_, E_)
+        torch.testing.assert_close(got[..., h * 4:(h + 1) * 4], pre_out[..., h * 4:(h + 1) * 4], rtol=1e-8, atol=1e-8)
+    # a loose eps stops head 1 after its first update: equal to update_steps_max=1 there
+    loose = _build("Hopfield", dict(cfg, update_steps_max=torch.tensor([5, 5]), update_steps_eps=1e6))
+    once = _build("Hopfield", dict(cfg, update_steps_max=1))
+    torch.testing.assert_close(loose(data), once(data), rtol=1e-12, atol=1e-12)
+
+
+# state_dict keys and shapes of hopfield-layers (ml-jku/hopfield-layers, its current source; checked against it)
+HF_KEYS = {
+    ("Hopfield", (("input_size", 8), ("num_heads", 2))): [
+        ("association_core.in_proj_weight", (24, 8)), ("association_core.in_proj_bias", (24,)),
+        ("association_core.out_proj.weight", (8, 8)), ("association_core.out_proj.bias", (8,)),
+        ("norm_stored_pattern.weight", (8,)), ("norm_stored_pattern.bias", (8,)), ("norm_state_pattern.weight", (8,)),
+        ("norm_state_pattern.bias", (8,)), ("norm_pattern_projection.weight", (8,)), ("norm_pattern_projection.bias", (8,))],
+    ("Hopfield", (("input_size", 8), ("hidden_size", 3), ("num_heads", 2), ("stored_pattern_size", 5), ("pattern_size", 4))): [
+        ("association_core.q_proj_weight", (6, 8)), ("association_core.k_proj_weight", (6, 5)),
+        ("association_core.v_proj_weight", (8, 8)), ("association_core.in_proj_bias", (20,)),
+        ("association_core.out_proj.weight", (8, 8)), ("association_core.out_proj.bias", (8,)),
+        ("norm_stored_pattern.weight", (5,)), ("norm_stored_pattern.bias", (5,)), ("norm_state_pattern.weight", (8,)),
+        ("norm_state_pattern.bias", (8,)), ("norm_pattern_projection.weight", (8,)), ("norm_pattern_projection.bias", (8,))],
+    ("HopfieldPooling", (("input_size", 8), ("quantity", 3))): [
+        ("pooling_weights", (1, 3, 8)), ("hopfield.association_core.in_proj_weight", (24, 8)),
+        ("hopfield.association_core.in_proj_bias", (24,)), ("hopfield.association_core.out_proj.weight", (8, 8)),
+        ("hopfield.association_core.out_proj.bias", (8,)), ("hopfield.norm_stored_pattern.weight", (8,)),
+        ("hopfield.norm_stored_pattern.bias", (8,)), ("hopfield.norm_state_pattern.weight", (8,)),
+        ("hopfield.norm_state_pattern.bias", (8,)), ("hopfield.norm_pattern_projection.weight", (8,)),
+        ("hopfield.norm_pattern_projection.bias", (8,))],
+    ("HopfieldLayer", (("input_size", 8), ("quantity", 5), ("lookup_weights_as_separated", True), ("lookup_targets_as_trainable", False))): [
+        ("lookup_weights", (1, 5, 8)), ("target_weights", (1, 5, 8)), ("hopfield.association_core.in_proj_weight", (24, 8)),
+        ("hopfield.association_core.in_proj_bias", (24,)), ("hopfield.association_core.out_proj.weight", (8, 8)),
+        ("hopfield.association_core.out_proj.bias", (8,)), ("hopfield.norm_stored_pattern.weight", (8,)),
+        ("hopfield.norm_stored_pattern.bias", (8,)), ("hopfield.norm_state_pattern.weight", (8,)),
+        ("hopfield.norm_state_pattern.bias", (8,)), ("hopfield.norm_pattern_projection.weight", (8,)),
+        ("hopfield.norm_pattern_projection.bias", (8,))],
+}
+
+
+@pytest.mark.parametrize("key", list(HF_KEYS), ids=lambda k: k[0] + "-" + "-".join(f"{a}={b}" for a, b in k[1]))
+def test_compat_state_dict_keys_and_defaults_are_hopfield_layers(key):
+    kind, args = key
+    layer = getattr(C, kind)(**dict(args))
+    assert [(k, tuple(v.shape)) for k, v in layer.state_dict().items()] == HF_KEYS[key]
+    sd = layer.state_dict()
+    # hopfield-layers' initialisation: projections N(0, 0.02^2), biases 0, LayerNorms (1, 0)
+    for k, v in sd.items():
+        if k.endswith("bias"):
+            assert bool((v == 0).all()), k
+        elif ".norm_" in "." + k:
+            assert bool((v == 1).all()), k
+        else:
+            assert 0.005 < float(v.std()) < 0.04 and abs(float(v.mean())) < 0.02, k
+    if kind == "HopfieldLayer":
+        assert not layer.target_weights.requires_grad and layer.lookup_weights.requires_grad
+    fresh = getattr(C, kind)(**dict(args))
+    fresh.load_state_dict(perturb_(layer).state_dict())
+    x = rnd(2, 5, 8, seed=3)
+    if "stored_pattern_size" in dict(args):
+        x = (rnd(2, 5, 5, seed=4), x, x)
+    torch.testing.assert_close(fresh(x), layer(x))
+
+
+def test_compat_defaults_sizes_and_layout():
+    hop = C.Hopfield(input_size=12, num_heads=3)
+    assert hop.hidden_size == 4 and hop.output_size == 12 and hop.scaling == pytest.approx(0.5) and hop.batch_first
+    assert hop.update_steps_max == 0 and hop.update_steps_eps == 1e-4 and hop.normalize_state_pattern_affine
+    pool = C.HopfieldPooling(input_size=12, quantity=2)
+    assert pool(rnd(4, 7, 12)).shape == (4, 24)  # flattened, as hopfield-layers returns it
+    assert pool.get_association_matrix(rnd(4, 7, 12)).shape == (4, 1, 2, 7)
+    assert pool.get_projected_pattern_matrix(rnd(4, 7, 12)).shape == (4, 1, 7, 12)
+    lay = C.HopfieldLayer(input_size=12, quantity=9, num_heads=3)
+    assert lay(rnd(4, 5, 12)).shape == (4, 5, 12) and lay.get_association_matrix(rnd(4, 5, 12)).shape == (4, 3, 5, 9)
+    # a fully padded set gives zeros, not NaN (hopfield-layers gives NaN)
+    x = rnd(2, 4, 12)
+    kpm = torch.zeros(2, 4, dtype=torch.bool)
+    kpm[1] = True
+    raw = C.Hopfield(input_size=12, disable_out_projection=True)
+    out = raw((x, x, x), stored_pattern_padding_mask=kpm)
+    assert bool(torch.isfinite(out).all()) and float(out[1].detach().abs().max()) == 0.0
+
+
+def test_compat_default_equals_native_with_normalisation():
+    """compat.Hopfield (hopfield-layers' defaults) = the native Hopfield with normalize='layer' and the
+    same weights: update_steps_max = k is updates = k, and hidden_size per head is hidden_size * num_heads."""
+    d = torch.float64
+    compat = perturb_(C.Hopfield(input_size=8, hidden_size=3, num_heads=2, update_steps_max=2, update_steps_eps=1e-12).double())
+    native = Hopfield(8, hidden_size=6, num_heads=2, updates=2, normalize="layer", dtype=d)
+    sd = compat.state_dict()
+    wq, wk, wv = sd["association_core.in_proj_weight"].split(6)
+    bq, bk, bv = sd["association_core.in_proj_bias"].split(6)
+    new = {"state_proj.weight": wq, "state_proj.bias": bq, "stored_proj.weight": wk, "stored_proj.bias": bk,
+           "value_proj.weight": wv, "value_proj.bias": bv, "out_proj.weight": sd["association_core.out_proj.weight"],
+           "out_proj.bias": sd["association_core.out_proj.bias"]}
+    for a, b in (("state_norm", "norm_state_pattern"), ("stored_norm", "norm_stored_pattern"), ("value_norm", "norm_pattern_projection")):
+        new[a + ".weight"], new[a + ".bias"] = sd[b + ".weight"], sd[b + ".bias"]
+    native.load_state_dict(new)
+    y, x, v = rnd(3, 6, 8, seed=1, dtype=d), rnd(3, 4, 8, seed=2, dtype=d), rnd(3, 6, 8, seed=3, dtype=d)
+    torch.testing.assert_close(native(x, y, v), compat((y, x, v)), rtol=1e-10, atol=1e-10)
+
+
+def test_compat_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="concat_bias_pattern: got True; not supported"):
+        C.Hopfield(input_size=8, concat_bias_pattern=True)
+    with pytest.raises(ValueError, match="num_heads: got 3; expected a divisor of input_size = 8"):
+        C.Hopfield(input_size=8, num_heads=3)
+    with pytest.raises(ValueError, match="input_size: got None"):
+        C.Hopfield()
+    with pytest.raises(ValueError, match="association_activation: got 'nosuch'"):
+        C.Hopfield(input_size=8, association_activation="nosuch")
+    hop = C.Hopfield(input_size=8)
+    with pytest.raises(ValueError, match=r"state_pattern: got last dimension 5; expected 8 \(input_size\)"):
+        hop((rnd(2, 3, 8), rnd(2, 3, 5), rnd(2, 3, 8)))
+    with pytest.raises(ValueError, match="stored_pattern: got .*expected a floating-point tensor of shape"):
+        hop(rnd(3, 8))
+    with pytest.raises(ValueError, match=r"stored_pattern_padding_mask: got .*expected a bool or float tensor of shape \(2, 3\)"):
+        hop(rnd(2, 3, 8), stored_pattern_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="input: got .*expected a tensor or a tuple"):
+        hop([rnd(2, 3, 8)])
+    with pytest.raises(ValueError, match="update_steps_max: got a tensor of shape"):
+        C.Hopfield(input_size=8, num_heads=2, update_steps_max=torch.tensor([1, 2, 3]))
+
+
+HF_GRID = [g for g in GRID if g[0] != "HopfieldLayer" or not g[1].get("stored_pattern_as_static")]
+
+
+@pytest.mark.parametrize("i", range(len(HF_GRID)))
+def test_compat_equals_hflayers_itself(i):
+    """Against hopfield-layers itself, where it is importable (it is not on PyPI; its source runs from a checkout)."""
+    hf = pytest.importorskip("hflayers")
+    kind, cfg, how = HF_GRID[i]
+    ours = _build(kind, cfg)
+    theirs = getattr(hf, kind)(**cfg).double().eval()
+    assert [(k, v.shape) for k, v in theirs.state_dict().items()] == [(k, v.shape) for k, v in ours.state_dict().items()]
+    theirs.load_state_dict(ours.state_dict())
+    data = _data(kind, how, cfg.get("batch_first", True))
+    torch.testing.assert_close(ours(data), theirs(data), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours.get_association_matrix(data), theirs.get_association_matrix(data), rtol=1e-10, atol=1e-10)
