@@ -1,11 +1,14 @@
-"""Fast CPU kernels for Model B retrieval, ``softmax(beta q xi^T) xi`` (KH eq. 16, spec section "Model B").
+"""Fast CPU retrieval for Model B, ``softmax(beta q xi^T) V`` (KH 2021 eq. 16): a chunked online
+log-sum-exp over the bank in worker threads (compiled parts in :mod:`assocmem._native`), the exact
+merge of partial results, the calibration that picks this kernel or plain torch per shape class.
 
-The memory axis is processed in cache-sized chunks with an online log-sum-exp (each chunk: one
-product, exponentials in place on data still in cache, the second product), by worker threads that
-each run a single-threaded BLAS (torch's MKL or numpy's OpenBLAS); partial results ``(m, l, acc)``
-merge exactly as the ranks of :mod:`assocmem.distributed` do. Which path (this kernel or plain
-torch), which variant of it (BLAS, score layout) and which chunk size runs is decided per shape class
-by a one-time calibration, cached on disk (see ``cache_path``).
+Each worker runs its chunks with a single-threaded BLAS (numpy's): one product, the exponentials in
+place on data still in cache, the second product; partial results ``(m, l, acc)`` merge exactly as
+the ranks of :mod:`assocmem.distributed` do. Which path (this kernel or plain torch), which variant
+(score layout) and which chunk size runs is decided per shape class by a one-time calibration,
+cached on disk with the paths that were available when it was made (see :func:`calibrate`,
+:func:`cache_path`). Also the numpy helpers of the recall loops (:func:`max_abs_change`,
+:func:`half_sq_norm`), which keep torch's OpenMP workers asleep between kernel calls.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from numbers import Real
 import numpy as np
 import torch
 
+from ._native import COMPILER_ENV, isa_signature
+from ._native import load as _load_native
+from ._io import atomic_write_bytes, file_lock
 from ._validation import check_choice, describe
 
 __all__ = [
@@ -41,6 +47,10 @@ __all__ = [
     "set_mode",
     "get_mode",
     "check_beta",
+    "available_paths",
+    "numpy_view",
+    "max_abs_change",
+    "half_sq_norm",
 ]
 
 # Problems smaller than this many multiply-adds (B * K * (N + M) / 2) go straight to torch: the
@@ -52,7 +62,7 @@ TINY_WORK = 1 << 18
 # calibration picks the kernel only when it is at least 5 % faster than plain torch
 KERNEL_MARGIN = 0.95
 # version of the calibration procedure and kernel: cache files written by another version are ignored
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 _MODES = ("auto", "torch", "numpy")
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 _LOW = (torch.float16, torch.bfloat16)
@@ -132,23 +142,6 @@ def _numpy_blas_path() -> str | None:
     return str(rest[0].filepath) if rest else None
 
 
-@functools.lru_cache(maxsize=None)
-def _torch_blas_path() -> str | None:
-    """torch's own library where it carries MKL (it exports MKL's Fortran ``?gemm_`` and
-    ``MKL_Set_Num_Threads_Local``): on x86 builds MKL's products are 10-30 % faster than numpy's
-    OpenBLAS at the kernel's chunk shapes (measured on AVX-512 cores)."""
-    if not torch.backends.mkl.is_available():
-        return None
-    import glob
-
-    found = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*")))
-    return found[0] if found else None
-
-
-#: the BLAS libraries the compiled chunk loop can call, by name
-_BLAS_PATHS = {"mkl": _torch_blas_path, "openblas": _numpy_blas_path}
-
-
 class _SingleThreadedBlas:
     """Within the block, numpy's BLAS runs one thread per caller: our worker threads are the
     parallelism, and BLAS threads would only compete with them for the same cores."""
@@ -211,8 +204,8 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
     the unnormalised output sum exp(score - m) values (B, M) ((B, 0) with ``lse_only``: only the
     first product is computed). The online update per chunk is
     ``m' = max(m, max s)``, ``l' = l e^{m - m'} + sum e^{s - m'}``, ``acc' = acc e^{m - m'} + e^{s - m'} V``.
-    ``native`` (from :func:`assocmem._native.online_exp`) does the max / exp / sum of a chunk in one
-    compiled call; without it numpy does them. ``loop`` (from :func:`assocmem._native.chunk_loop`)
+    ``native`` (from :meth:`assocmem._native.Library.online_exp`) does the max / exp / sum of a chunk in one
+    compiled call; without it numpy does them. ``loop`` (from :meth:`assocmem._native.Library.chunk_loop`)
     runs the whole loop below in one compiled call (banks already in ``qs``'s dtype, C-contiguous),
     with the scores transposed when ``qsT`` (``qs.T``, C-contiguous) is given.
     """
@@ -290,13 +283,20 @@ def partial_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, l
 _native_fns: dict = {}
 
 
+def _native_lib():
+    """The compiled kernel for this CPU (:func:`assocmem._native.load`), built beside the
+    calibration cache; None where it cannot be had."""
+    return _load_native(os.path.dirname(cache_path()))
+
+
 def _native_get(kind: str, dtype):
     """A compiled part of the kernel for ``dtype`` (numpy or torch; ``"exp"``: the per-chunk step,
-    ``"loop:mkl"`` / ``"loop:openblas"``: the chunk loop with torch's MKL or numpy's OpenBLAS,
-    ``"small"``: a whole small retrieval), built
-    beside the calibration cache; None where it cannot be had. Once found, looked up per dtype and
-    setting of ``ASSOCMEM_NATIVE`` (``0`` switches all off; this runs on every kernel call); a part
-    that could not be had is retried when the compiler or the cache directory changes."""
+    ``"loop"``: the chunk loop with numpy's BLAS, ``"small"``: a whole small retrieval; ``"variant"``:
+    the name of the instruction-set variant loaded; ``"lib"``: the :class:`assocmem._native.Library`);
+    None where
+    it cannot be had. Once found, looked up per dtype and setting of ``ASSOCMEM_NATIVE`` (``0``
+    switches all off; this runs on every kernel call); a part that could not be had is retried when
+    the compiler's environment or the cache directory changes."""
     env = os.environ
     native = env.get("ASSOCMEM_NATIVE")
     fn = _native_fns.get((kind, dtype, native))
@@ -306,22 +306,25 @@ def _native_get(kind: str, dtype):
         return None
     # what the build depends on, read cheaply (cache_path() costs ~13 us: this path runs on every
     # kernel call where the helper cannot be had)
-    missing = (kind, dtype, native, env.get("CC"), env.get("ASSOCMEM_CACHE_DIR"), env.get("XDG_CACHE_HOME"),
-               env.get("HOME"))
+    missing = (kind, dtype, native, env.get("ASSOCMEM_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"),
+               *(env.get(k) for k in COMPILER_ENV))
     if missing in _native_fns:
         return None
-    from . import _native
-
     dt = np.dtype(_NP_DTYPES.get(dtype, dtype))
-    where, cpu = os.path.dirname(cache_path()), cpu_model()
-    if kind == "exp":
-        fn = _native.online_exp(where, cpu, dt)
-    elif kind == "small":
-        fn = _native.small_retrieve(where, cpu, dt)
-    else:
-        find = _BLAS_PATHS.get(kind.partition(":")[2])
-        blas = find() if find else None
-        fn = _native.chunk_loop(where, cpu, dt, blas) if blas else None
+    lib = _native_lib()
+    fn = None
+    if lib is not None:
+        if kind == "lib":
+            fn = lib
+        elif kind == "variant":
+            fn = lib.variant
+        elif kind == "exp":
+            fn = lib.online_exp(dt)
+        elif kind == "small":
+            fn = lib.small(dt)
+        elif kind == "loop":
+            blas = _numpy_blas_path()
+            fn = lib.chunk_loop(dt, blas) if blas else None
     _native_fns[(kind, dtype, native) if fn is not None else missing] = fn
     return fn
 
@@ -330,23 +333,26 @@ def _native_exp(dtype):
     return _native_get("exp", dtype)
 
 
-def _native_loop(dtype, blas: str = "mkl"):
-    return _native_get("loop:" + blas, dtype)
+def _native_loop(dtype):
+    return _native_get("loop", dtype)
+
+
+#: the kernel's variants where the compiled loop applies: scores B x chunk, or transposed (chunk x B)
+VARIANTS = ("loop", "loop-t")
 
 
 def _variants(dtype, kdtype, B: int) -> list[str]:
-    """The kernel's variants for this problem: ``"<blas>"`` (scores B x chunk) and ``"<blas>-t"``
-    (scores transposed) for each BLAS the compiled loop can call; ``[""]`` (the Python loop) where
-    the compiled loop does not apply (one query, a bank converted chunk by chunk, no compiler)."""
-    if B == 1 or kdtype != dtype or _native_exp(dtype) is None:
+    """The kernel's variants for this problem: ``"loop"`` (the compiled chunk loop, scores B x chunk)
+    and ``"loop-t"`` (scores transposed); ``[""]`` (the Python loop) where the compiled loop does not
+    apply (one query, a bank converted chunk by chunk, no compiled kernel)."""
+    if B == 1 or kdtype != dtype or _native_exp(dtype) is None or _native_loop(dtype) is None:
         return [""]
-    out = [v for b in _BLAS_PATHS if _native_loop(dtype, b) is not None for v in (b, b + "-t")]
-    return out or [""]
+    return list(VARIANTS)
 
 
 def _default_variant(dtype, kdtype, B: int) -> str:
-    """Without a calibration: the first BLAS, scores transposed for fewer than 128 queries."""
-    v = _variants(dtype, kdtype, B)[:2]
+    """Without a calibration: scores transposed for fewer than 128 queries."""
+    v = _variants(dtype, kdtype, B)
     return v[-1] if B < 128 else v[0]
 
 
@@ -433,8 +439,8 @@ def retrieve_numpy(qs: np.ndarray, keys: np.ndarray, values: np.ndarray | None, 
         B = qs.shape[0]
         if variant is None:
             variant = _default_variant(qs.dtype, keys.dtype, B)
-        blas, _, layout = variant.partition("-")
-        loop = _native_loop(qs.dtype, blas) if blas else None
+        base, _, layout = variant.partition("-")
+        loop = _native_loop(qs.dtype) if base == "loop" else None
         if loop is not None and layout == "t" and B > 1:
             qsT = np.ascontiguousarray(qs.T)
     def part(group):
@@ -488,8 +494,50 @@ def _bucket(x: int) -> int:
     return max(0, int(x) - 1).bit_length()  # ceil(log2 x)
 
 
+def available_paths(dtype) -> str:
+    """What the kernel can run for ``dtype`` in this process, as recorded with every calibration
+    decision: ``"compiled-<isa>+loop"`` (the compiled step and chunk loop of that instruction-set
+    variant), ``"compiled-<isa>"`` (the compiled step only: no cblas ``?gemm`` in numpy's BLAS) or
+    ``"numpy"`` (no compiled kernel: ``ASSOCMEM_NATIVE=0``, no compiler, a failed build)."""
+    variant = _native_get("variant", dtype)
+    if variant is None:
+        return "numpy"
+    return f"compiled-{variant}" + ("+loop" if _native_loop(dtype) is not None else "")
+
+
 def _class_key(B: int, N: int, M: int, K: int, dt: torch.dtype, kdt: torch.dtype, threads: int) -> tuple:
-    return (str(dt), str(kdt), _bucket(B), _bucket(N), _bucket(M), min(_bucket(K), 17), threads)
+    """A calibration decision's key: power-of-two buckets of the shape, the dtypes, the threads and
+    the paths available when it is made (a decision taken without the compiled kernel is not reused
+    by a process that has it, nor the other way round)."""
+    return (str(dt), str(kdt), _bucket(B), _bucket(N), _bucket(M), min(_bucket(K), 17), threads, available_paths(dt))
+
+
+#: the largest chunk a calibration can choose (rows of the bank per step of the loop)
+MAX_CHUNK = 1 << 24
+
+
+def _parse_decision(k: str, v) -> tuple[tuple, tuple] | None:
+    """A cache entry as ``(key, (path, chunk, variant))``, or None where anything in it is not what
+    a calibration writes (a hand-edited or corrupted file; such entries are recalibrated): chunk
+    0 or negative crashed every retrieval of its class."""
+    try:
+        key = tuple(json.loads(k))
+    except (ValueError, TypeError):
+        return None
+    if (len(key) != 8 or not all(isinstance(x, str) for x in key[:2] + key[7:])
+            or not all(type(x) is int and 0 <= x <= 64 for x in key[2:6]) or type(key[6]) is not int or key[6] < 1):
+        return None
+    if not isinstance(v, dict) or v.get("available") != key[7]:
+        return None
+    path, chunk, variant = v.get("path"), v.get("chunk"), v.get("variant")
+    if path == "torch":
+        ok = chunk == 0 and type(chunk) is int and variant == ""
+    elif path == "numpy":
+        allowed = ("",) + (VARIANTS if key[7].endswith("+loop") else ())
+        ok = type(chunk) is int and 1 <= chunk <= MAX_CHUNK and variant in allowed
+    else:
+        ok = False
+    return (key, (path, chunk, variant)) if ok else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -508,9 +556,11 @@ def cpu_model() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _machine_id() -> str:
-    cpu = cpu_model()
+    """What every timing depends on: the CPU (its name and its instruction-set flags), the cores,
+    and the versions of Python, torch, numpy and numpy's BLAS."""
     blas = ",".join(f"{c.internal_api}-{c.version}" for c in _blas_controllers())
-    raw = "|".join([cpu, str(os.cpu_count()), platform.python_version(), torch.__version__, np.__version__, blas])
+    raw = "|".join([cpu_model(), isa_signature(), str(os.cpu_count()), platform.python_version(),
+                    torch.__version__, np.__version__, blas])
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -523,30 +573,45 @@ def cache_path() -> str:
     return os.path.join(base, f"kernels-{_machine_id()}.json")
 
 
+def _read_disk(path: str) -> dict:
+    """The valid decisions of the cache file at ``path`` (none if it is missing, unreadable or of
+    another format); entries that fail :func:`_parse_decision` are left out."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("decisions"), dict):
+        return {}  # decided by another kernel or calibration procedure: decide again
+    out = {}
+    for k, v in data["decisions"].items():
+        parsed = _parse_decision(k, v)
+        if parsed is not None:
+            out[parsed[0]] = parsed[1]
+    return out
+
+
 def _load_disk() -> None:
     global _disk_loaded
     _disk_loaded = True
-    try:
-        with open(cache_path()) as fh:
-            data = json.load(fh)
-        if data.get("format") != CACHE_FORMAT:
-            return  # decided by another kernel or calibration procedure: decide again
-        for k, v in data.get("decisions", {}).items():
-            key = tuple(json.loads(k))
-            _decisions.setdefault(key, (str(v[0]), int(v[1]), str(v[2])))
-    except (OSError, ValueError, TypeError, IndexError, AttributeError):
-        pass  # no cache yet, or an unreadable one: it is rewritten after the next calibration
+    for key, d in _read_disk(cache_path()).items():
+        _decisions.setdefault(key, d)
 
 
-def _save_disk() -> None:
+def _save_disk(new: dict) -> None:
+    """Merge ``new`` decisions into the cache file under its lock (other processes may have added
+    theirs since this one read it) and write it atomically."""
     path = cache_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = {"format": CACHE_FORMAT, "machine": _machine_id(), "torch": torch.__version__,
-                "decisions": {json.dumps(list(k)): list(v) for k, v in _decisions.items()}}
-        from ._io import atomic_write_bytes
-
-        atomic_write_bytes(path, json.dumps(data, indent=0).encode())
+        with file_lock(path + ".lock"):
+            merged = _read_disk(path)
+            merged.update(new)
+            data = {"format": CACHE_FORMAT, "machine": _machine_id(), "cpu": cpu_model(),
+                    "cpu_isa": isa_signature(), "torch": torch.__version__, "numpy": np.__version__,
+                    "decisions": {json.dumps(list(k)): {"path": p, "chunk": c, "variant": v, "available": k[7]}
+                                  for k, (p, c, v) in merged.items()}}
+            atomic_write_bytes(path, json.dumps(data, indent=0).encode())
     except OSError:
         pass  # a read-only home: the decision still holds for this process
 
@@ -675,7 +740,7 @@ def calibrate(B: int, N: int, K: int, M: int | None = None, dtype: torch.dtype =
     with _lock:
         _decisions[key] = choice
     if save:
-        _save_disk()
+        _save_disk({key: choice})
     return choice
 
 
@@ -841,3 +906,31 @@ def try_retrieve(query, keys, values, beta, mask, return_lse: bool = False):
         return torch.from_numpy(finish(m, l, acc)), torch.from_numpy(lse)
     out = retrieve_numpy(qs, kn, vn, chunk, kernel_threads(), bf16, variant=variant)
     return torch.from_numpy(out)
+
+
+# -- the recall loops' per-step reductions ------------------------------------------------------------
+# They go through numpy on CPU: a torch elementwise op on B x N >= 32k elements runs a parallel region,
+# after which torch's OpenMP workers spin for ~6 ms and take a core from the retrieval kernel's next
+# call (measured: recall went from 0.96x to 1.3x steps x one step; with OMP_WAIT_POLICY=PASSIVE set
+# before torch loads it is 0.96x either way).
+def numpy_view(t: torch.Tensor):
+    """Zero-copy numpy view of a CPU float32/float64 tensor that needs no graph, else None."""
+    if t.is_cpu and (t.dtype is _F32 or t.dtype is _F64) and not (t.requires_grad and torch.is_grad_enabled()):
+        return t.detach().numpy()
+    return None
+
+
+def max_abs_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """max_j |new - old| per row, shape (B,)."""
+    a, b = numpy_view(new), numpy_view(old)
+    if a is not None and b is not None and a.size:
+        return torch.from_numpy(np.abs(a - b).max(axis=1))
+    return (new - old).abs().amax(-1) if new.numel() else new.new_zeros(new.shape[0])
+
+
+def half_sq_norm(x: torch.Tensor) -> torch.Tensor:
+    """x.x / 2 per row, shape (B,)."""
+    a = numpy_view(x)
+    if a is not None and a.ndim == 2:
+        return torch.from_numpy(0.5 * np.einsum("ij,ij->i", a, a))
+    return 0.5 * (x * x).sum(-1)
