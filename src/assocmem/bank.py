@@ -244,31 +244,9 @@ def _dec_lagrangian(spec: dict, tensors: dict):
 
 
 def _register_builtins() -> None:
-    if "ClassicalHopfield" in _REGISTRY:
-        return
-    from .models import ClassicalHopfield, DenseAssociativeMemory, ModernHopfield, SphericalMemory
-
-    register(ClassicalHopfield, lambda m: ({}, {"xi": m.xi}), lambda c, t: ClassicalHopfield(t["xi"]))
-
-    def dense_to(m):
-        tensors = {"xi": m.xi}
-        lv = None if m.lagrangian_v is None else _enc_lagrangian("lagrangian_v", m.lagrangian_v, tensors)
-        cfg = {"F": m.F, "n": m.n, "beta": m.beta, "tau_f": m.tau_f, "dt": m.dt, "lagrangian_v": lv}
-        return cfg, tensors
-
-    def dense_from(c, t):
-        lv = None if c["lagrangian_v"] is None else _dec_lagrangian(c["lagrangian_v"], t)
-        return DenseAssociativeMemory(t["xi"], F=c["F"], n=c["n"], beta=c["beta"], lagrangian_v=lv,
-                                      tau_f=c["tau_f"], dt=c["dt"])
-
-    register(DenseAssociativeMemory, dense_to, dense_from)
-    register(ModernHopfield, lambda m: ({"beta": m.beta}, {"xi": m.xi}),
-             lambda c, t: ModernHopfield(t["xi"], beta=c["beta"]))
-    register(
-        SphericalMemory,
-        lambda m: ({"F": m.F, "n": m.n, "alpha": m.alpha, "beta": m.beta}, {"xi": m.xi}),
-        lambda c, t: SphericalMemory(t["xi"], F=c["F"], n=c["n"], alpha=c["alpha"], beta=c["beta"]),
-    )
+    # the effective models (ClassicalHopfield, DenseAssociativeMemory, ModernHopfield,
+    # SphericalMemory) declare _bank_config/_from_bank themselves and register when defined
+    return
 
 
 
