@@ -859,3 +859,16 @@ def test_a_valid_cache_entry_is_used_as_written(monkeypatch):
     with open(K.cache_path(), "w") as fh:
         json.dump({"format": K.CACHE_FORMAT, "decisions": {json.dumps(list(key)): entry}}, fh)
     assert K.decide(64, 64, 2000, 64, torch.float32, torch.float32) == ("numpy", 96, variant) and not calls
+
+
+def test_bench_calibrate_is_explicit_and_recorded(capsys):
+    """``assocmem bench --calibrate`` calibrates the benchmark's shapes now, prints each decision and
+    the paths available, and stores them in the cache (with those paths)."""
+    from assocmem.cli import main
+
+    assert main(["bench", "--calibrate", "--quick", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "N=128 K=5k B=64: " in out and K.available_paths(torch.float32) in out and K.cache_path() in out
+    (entry,) = json.loads(open(K.cache_path()).read())["decisions"].values()
+    assert entry["available"] == K.available_paths(torch.float32)
+    assert entry["path"] in ("torch", "numpy")

@@ -1,7 +1,8 @@
 """``assocmem bench``: timings of the library against references measured in the same run (Model B
-retrieval of KH eq. 16 against the bare matrix products, the machine's peak matmul rate and plain
-torch; low-precision banks; iterated recall; binary sweeps; RK4 steps of KH eq. 1), as a table and
-JSON. Every case interleaves its candidates over several rounds and keeps each one's fastest."""
+retrieval of KH eq. 16 against the bare matrix products, the machine's peak matmul rate, plain
+torch, torch's scaled_dot_product_attention and plain numpy; low-precision banks; iterated recall;
+binary sweeps; RK4 steps of KH eq. 1), as a table and JSON; ``--calibrate`` runs the retrieval
+kernel's calibration explicitly. Every case interleaves its candidates over several rounds."""
 from __future__ import annotations
 
 import json
@@ -33,6 +34,9 @@ def register(sub):
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, seconds)")
     p.add_argument("--no-plain", action="store_true", help="skip the plain-torch retrieval column")
     p.add_argument("--json", default=None, help="write the results here (atomically)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="calibrate the retrieval kernel for the benchmark's shapes now (replacing their cached "
+                        "decisions), print the decisions and exit")
     p.set_defaults(func=run)
     return p
 
@@ -122,16 +126,19 @@ def peak_gflops(rounds: int) -> dict:
 
 
 def machine() -> dict:
-    from .._kernels import cpu_model
+    from .._kernels import available_paths, cpu_model
+    from .._native import isa_signature
 
     cpu = cpu_model()
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    return {"cpu": cpu, "cpu_isa": isa_signature(),
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "load_average_1min": load}
+            "torch_threads": torch.get_num_threads(), "load_average_1min": load,
+            "kernel_paths": available_paths(torch.float32)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,6 +147,21 @@ def machine() -> dict:
 def plain_retrieve(q, X, beta):
     """What a user writes in plain torch."""
     return torch.softmax(beta * q @ X.T, dim=-1) @ X
+
+
+def sdpa_retrieve(q, X, beta):
+    """The same update as torch's fused attention (on CPU a flash-attention kernel: blocks of keys
+    with an online softmax, in torch's own threads)."""
+    return torch.nn.functional.scaled_dot_product_attention(q[None], X[None], X[None], scale=beta)[0]
+
+
+def numpy_retrieve(qn, Xn, beta):
+    """What a user writes in plain numpy (one thread pool: numpy's BLAS)."""
+    s = (qn * np.asarray(beta, qn.dtype)) @ Xn.T
+    s -= s.max(axis=1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=1, keepdims=True)
+    return s @ Xn
 
 
 def _bank(N, K, seed=0, dtype=torch.float32):
@@ -173,6 +195,8 @@ def case_retrieval(shapes, rounds, plain=True):
                "bare_numpy": bare_numpy, "bare_torch": bare_torch}
         if plain:
             fns["plain_torch"] = lambda: plain_retrieve(q, X, beta)
+            fns["sdpa"] = lambda: sdpa_retrieve(q, X, beta)
+            fns["plain_numpy"] = lambda: numpy_retrieve(qn, Xn, beta)
         a = torch.randn(2048, 2048)
         b = torch.randn(2048, 2048)
         an, bn = a.numpy(), b.numpy()
@@ -199,9 +223,15 @@ def case_retrieval(shapes, rounds, plain=True):
             row[key] = float(np.median([p / o for p, o in zip(peaks, t[cand]["times"])]) * fl / (2 * 2048 ** 3))
         if plain:
             row["plain_s"] = t["plain_torch"]["min"]
+            row["sdpa_s"] = t["sdpa"]["min"]
+            row["plain_numpy_s"] = t["plain_numpy"]["min"]
             row["speedup_vs_plain_paired_median"] = 1 / paired_ratio(t, "ours", "plain_torch")
             row["speedup_vs_plain"] = t["plain_torch"]["min"] / ours
             row["model_step_speedup_vs_plain"] = t["plain_torch"]["min"] / t["model_step"]["min"]
+            # ours / each plain route: time ratios (below 1: ours is faster), fastest rounds and paired
+            for ref, label in (("plain_torch", "plain"), ("sdpa", "sdpa"), ("plain_numpy", "numpy")):
+                row[f"ours_over_{label}"] = ours / t[ref]["min"]
+                row[f"ours_over_{label}_paired_median"] = paired_ratio(t, "ours", ref)
         rows.append(row)
     return rows
 
@@ -429,6 +459,9 @@ def print_table(rows, peak):
                         f"(model step {r['model_step_fraction_of_peak_paired_median']:.0%})")
         if "speedup_vs_plain_paired_median" in r:
             bits.append(f"speedup vs plain torch {r['speedup_vs_plain_paired_median']:.2f}x")
+        if "ours_over_sdpa_paired_median" in r:
+            bits.append("time ours / plain torch {:.2f}, / SDPA {:.2f}, / numpy {:.2f}".format(
+                r["ours_over_plain_paired_median"], r["ours_over_sdpa_paired_median"], r["ours_over_numpy_paired_median"]))
         if "ratio_paired_median" in r:
             bits.append(f"ratio {r['ratio_paired_median']:.2f}")
         print(f"  {r['case']}: " + ", ".join(bits))
@@ -438,6 +471,26 @@ def write_json_atomic(path: str, payload) -> None:
     from .._io import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
+
+
+def calibrate_shapes(shapes, rounds: int) -> int:
+    """Calibrate the retrieval kernel for each shape (plain torch against the kernel's variants and
+    chunk sizes; replaces the cached decision of its shape class) and print the decisions."""
+    from .. import _kernels
+
+    print(f"calibration cache: {_kernels.cache_path()}")
+    print(f"paths available: {_kernels.available_paths(torch.float32)} (float32), "
+          f"{_kernels.available_paths(torch.float64)} (float64)")
+    for name, N, K, B in shapes:
+        if B * K * 2 * N < 2 * _kernels.SMALL_WORK:
+            print(f"  {name}: below the calibrated sizes (tiny problems run directly)")
+            continue
+        t0 = time.perf_counter()
+        path, chunk, variant = _kernels.calibrate(B, N, K, rounds=rounds)
+        took = time.perf_counter() - t0
+        what = "plain torch" if path == "torch" else f"kernel, chunk {chunk}, {variant or 'Python loop'}"
+        print(f"  {name}: {what} ({took:.1f} s)")
+    return 0
 
 
 def check_output_path(name: str, path: str) -> None:
@@ -471,6 +524,8 @@ def run(args) -> int:
     if args.json is not None:
         check_output_path("--json", args.json)
     shapes = QUICK_SHAPES if args.quick else RETRIEVAL_SHAPES + SHARP_SHAPES
+    if args.calibrate:
+        return calibrate_shapes(shapes[:2] if args.quick else RETRIEVAL_SHAPES[:2], rounds)
     rows = []
     from tqdm import tqdm
 
