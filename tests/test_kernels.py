@@ -685,6 +685,37 @@ def test_a_failed_compile_is_reported_with_the_compilers_output(tmp_path, monkey
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]
 
 
+def test_a_variant_that_cannot_be_built_falls_back_to_a_narrower_one(tmp_path, monkeypatch):
+    """The widest variant the CPU runs fails to build (say, a compiler without AVX-512): reported
+    once, with the compiler's message, and the next narrower variant is used."""
+    from assocmem import _native
+
+    if not _has_compiler():
+        pytest.skip("no C compiler here")
+    monkeypatch.setitem(_native.VARIANTS, "avx2", ((), ("-mno-such-instruction-set",)))
+    monkeypatch.setattr(_native, "select_variant", lambda flags=None: "avx2")
+    monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setattr(_native, "_warned", set())
+    with pytest.warns(_native.NativeBuildWarning, match="(?s)[(]avx2[)] could not be built.*mno-such-instruction-set"):
+        lib = _native.load(str(tmp_path))
+    assert lib is not None and lib.variant == "generic"
+    check_step_row_by_row(lib.online_exp(np.float32), np.float32)
+
+
+def test_variant_and_cache_keys_follow_the_instruction_set_flags():
+    """The variant comes from the CPU's instruction-set flags (not its name), and each variant has
+    its own build tag; the ISA signature that keys the calibration cache ignores other flags."""
+    from assocmem import _native
+
+    if _native._X86:
+        assert _native.select_variant({"avx2", "fma", "sse2"}) == "avx2"
+        assert _native.select_variant({"avx512f", "avx2", "fma"}) == "avx512"
+        assert _native.select_variant({"avx2"}) == "generic"  # no FMA: the AVX2 code needs both
+    assert _native.select_variant(set()) == "generic"
+    assert len({_native.build_tag(v) for v in _native.VARIANTS}) == len(_native.VARIANTS)
+    assert _native.isa_signature({"avx2", "fma", "hypervisor", "constant_tsc"}) == "avx2,fma"
+
+
 def test_native_refuses_a_foreign_library_file(tmp_path, monkeypatch):
     """A file at the library's cache path that its sidecar does not describe (garbage) is rebuilt,
     not loaded; a library that computes something else fails its self-test and is refused."""
@@ -695,8 +726,12 @@ def test_native_refuses_a_foreign_library_file(tmp_path, monkeypatch):
     monkeypatch.setattr(_native, "_libs", {})
     so, sidecar, _ = _native.cached_paths(str(tmp_path), "generic")
     (tmp_path / os.path.basename(so)).write_bytes(b"not a shared library")
+    stale = tmp_path / ".build-native.999999999.abc" / "tmp"  # a killed builder's directory (no such pid)
+    stale.mkdir(parents=True)
+    (stale / "retrieval.o").write_bytes(b"x")
     lib = _native.load(str(tmp_path), "generic")
     assert lib is not None and os.path.getsize(so) > 1000  # rebuilt over the garbage
+    assert not stale.parent.exists()  # and the killed builder's leftovers removed
     wrong = tmp_path / "wrong.c"  # a library that sums wrongly
     wrong.write_text(open(_native.SOURCE_PATH).read().replace("rowsum[b] = acc;", "rowsum[b] = 2 * acc;"))
     assert wrong.read_text() != open(_native.SOURCE_PATH).read()

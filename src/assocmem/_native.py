@@ -178,13 +178,36 @@ def _compiler():
     return cc
 
 
+_BUILD_PREFIX = ".build-native."
+
+
+def _remove_stale_builds(directory: str) -> None:
+    """Remove build directories left by builders that were killed (their names carry the pid)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_BUILD_PREFIX):].split(".", 1)[0]
+        if not name.startswith(_BUILD_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive: another process building another variant
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _build(directory: str, variant: str, tag: str) -> None:
     """Compile and link ``variant`` in a private temporary directory, then move the library into
     place atomically (written, fsynced, renamed; directory fsynced) and write its sidecar (size,
     SHA-256, flags) the same way. Raises :class:`BuildError` with the compiler's output."""
     so, sidecar, _ = cached_paths(directory, variant, tag)
     need, vflags = VARIANTS[variant]
-    work = tempfile.mkdtemp(prefix=".build-", dir=directory)
+    _remove_stale_builds(directory)
+    work = tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{os.getpid()}.", dir=directory)
     try:
         try:
             cc = _compiler()
@@ -424,7 +447,8 @@ def _warn_once(key, message: str) -> None:
 
 
 def load(directory: str, variant: str | None = None) -> Library | None:
-    """The compiled kernel for this CPU (``variant``: default :func:`select_variant`), built into
+    """The compiled kernel for this CPU (``variant``: default :func:`select_variant`, or the next
+    narrower variant where that one fails, e.g. a compiler without AVX-512 support), built into
     ``directory`` on first use under a file lock (one build per machine, whatever the number of
     processes), verified against its sidecar before it is loaded (rebuilt when the file is cut short
     or altered) and self-tested; loaded once per process. None where ``ASSOCMEM_NATIVE=0``, or when
@@ -432,7 +456,13 @@ def load(directory: str, variant: str | None = None) -> Library | None:
     process and directory, with the compiler's output)."""
     if switched_off():
         return None
-    variant = select_variant() if variant is None else variant
+    if variant is None:  # the widest the CPU runs; a narrower one where that cannot be built
+        order = list(VARIANTS)
+        for v in order[order.index(select_variant()):]:
+            lib = load(directory, v)
+            if lib is not None:
+                return lib
+        return None
     if variant not in VARIANTS:
         raise ValueError(f"variant: got {variant!r}; expected one of {', '.join(map(repr, VARIANTS))}")
     try:
