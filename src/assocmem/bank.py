@@ -32,7 +32,6 @@ from ._io import (
     remove_stale_temporaries,
     tmp_prefix,
 )
-from .lagrangians import from_spec
 from ._validation import BankVersionError, CorruptBankError, check_tensor, describe
 from ._version import __version__
 
@@ -163,7 +162,6 @@ class Storable:
 
 
 def _codec_for_object(obj) -> _Codec:
-    _register_builtins()
     c = _REGISTRY.get(type(obj).__name__)
     if c is not None and c.cls is type(obj):
         return c
@@ -177,7 +175,6 @@ def _codec_for_object(obj) -> _Codec:
 
 
 def _codec_for_name(name: str, module, path: Path) -> _Codec:
-    _register_builtins()
     c = _REGISTRY.get(name)
     if isinstance(module, str) and (module == "assocmem" or module.startswith("assocmem.")):
         # the class's own module (or the package that re-exports it), imported by name on demand
@@ -229,24 +226,6 @@ def check_config(config, keys, optional=()) -> dict:
     if missing or extra:
         raise ValueError(f"the stored configuration lacks {missing} / has unexpected keys {extra}")
     return config
-
-
-_enc_scalar, _dec_scalar = encode_scalar, decode_scalar
-
-
-def _enc_lagrangian(prefix: str, lag, tensors: dict) -> dict:
-    """A Lagrangian as stored: its own :meth:`~assocmem.lagrangians.Lagrangian.spec`."""
-    return lag.spec(tensors, prefix)
-
-
-def _dec_lagrangian(spec: dict, tensors: dict):
-    return from_spec(spec, tensors)
-
-
-def _register_builtins() -> None:
-    # the effective models (ClassicalHopfield, DenseAssociativeMemory, ModernHopfield,
-    # SphericalMemory) declare _bank_config/_from_bank themselves and register when defined
-    return
 
 
 
