@@ -782,7 +782,7 @@ def test_a_cached_library_cut_short_or_altered_is_rebuilt_not_loaded(tmp_path):
     so, = _finish(_child(tmp_path))
     size = os.path.getsize(so)
     assert size > 20_000
-    for cut in (1_000, 12_000, "flip"):
+    for cut in (3_000, "flip"):
         if cut == "flip":  # same size, one byte changed in the middle of the code
             with open(so, "r+b") as fh:
                 fh.seek(size // 2)
