@@ -1,6 +1,7 @@
 """Model B retrieval (KH eq. 16) at the hardware limit: ``assocmem.functional.retrieve`` and
-``ModernHopfield.step`` against the bare matrix products, the machine's peak matmul rate and plain
-torch, all measured in this run; bfloat16/float16 banks; iterated recall against steps x one step.
+``ModernHopfield.step`` against the bare matrix products, the machine's peak matmul rate and the
+plain routes (torch ``softmax(beta q X^T) X``, ``scaled_dot_product_attention``, numpy), all
+measured in this run; bfloat16/float16 banks; iterated recall against steps x one step.
 
     python benchmarks/bench_retrieval.py [--rounds 7] [--quick]
 
