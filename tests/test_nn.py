@@ -708,7 +708,7 @@ def test_pooling_output_defaults_to_input_size_and_reads_separate_values():
     # unbatched set with values
     torch.testing.assert_close(kv(bags[1], values=vals[1]), kv(bags[1:2], values=vals[1:2])[0], rtol=1e-12, atol=1e-12)
     normed = HopfieldPooling(12, normalize="layer")
-    assert normed.hopfield.state_norm.normalized_shape == (12,) and normed.hopfield.value_norm is not None
+    assert normed.hopfield.state_norm is None and normed.hopfield.stored_norm is not None and normed.hopfield.value_norm is not None
 
 
 def test_hopfield_layer_frozen_targets_given_contents_and_state_projection():

@@ -565,8 +565,9 @@ class HopfieldPooling(nn.Module):
     (batch_first), or (num_queries, output_size) for an unbatched set — not flattened (hopfield-layers
     flattens to (B, num_queries * output_size)). ``output_size`` defaults to ``input_size``.
     ``forward(stored, key_padding_mask, values=...)`` reads out separate values (of ``value_size``,
-    default ``input_size``) instead of the set itself. ``normalize="layer"`` puts a LayerNorm on the
-    queries, the set and the values. Other arguments as in :class:`Hopfield`.
+    default ``input_size``) instead of the set itself. ``normalize="layer"`` puts a LayerNorm on the set
+    and on the values (the queries are parameters: they start small, N(0, 0.02^2), so that pooling starts
+    close to an average over the set). Other arguments as in :class:`Hopfield`.
 
     Example
     -------
@@ -615,11 +616,18 @@ class HopfieldPooling(nn.Module):
         self.hopfield = Hopfield(
             hidden, hidden, num_heads, beta, update_steps, stored_size=input_size, value_size=value_size,
             output_size=output_size, project_state=False, project_stored=projections, project_values=projections,
-            project_output=projections, bias=bias, normalize=normalize, **_retrieval_options(locals()),
+            project_output=projections, bias=bias, normalize=normalize, normalize_state=False,
+            **_retrieval_options(locals()),
         )
         self.input_size = input_size
         self.query = nn.Parameter(torch.empty(self.num_queries, hidden, device=device, dtype=dtype))
-        nn.init.normal_(self.query)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The inner layer's projections and norms as :meth:`Hopfield.reset_parameters`; the queries
+        N(0, 0.02^2), so that pooling starts close to an average over the set (small scores)."""
+        self.hopfield.reset_parameters()
+        nn.init.normal_(self.query, mean=0.0, std=0.02)
 
     @property
     def output_size(self) -> int:
