@@ -293,10 +293,9 @@ def _native_get(kind: str, dtype):
     """A compiled part of the kernel for ``dtype`` (numpy or torch; ``"exp"``: the per-chunk step,
     ``"loop"``: the chunk loop with numpy's BLAS, ``"small"``: a whole small retrieval; ``"variant"``:
     the name of the instruction-set variant loaded; ``"lib"``: the :class:`assocmem._native.Library`);
-    None where
-    it cannot be had. Once found, looked up per dtype and setting of ``ASSOCMEM_NATIVE`` (``0``
-    switches all off; this runs on every kernel call); a part that could not be had is retried when
-    the compiler's environment or the cache directory changes."""
+    None where it cannot be had. Once found, looked up per dtype and setting of ``ASSOCMEM_NATIVE``
+    (``0`` switches all off; this runs on every kernel call); a part that could not be had is retried
+    when the compiler's environment or the cache directory changes."""
     env = os.environ
     native = env.get("ASSOCMEM_NATIVE")
     fn = _native_fns.get((kind, dtype, native))
