@@ -1,4 +1,4 @@
-"""Integrators for the neural dynamics, picked by name from one registry.
+"""Integrators for the neural dynamics (KH 2021 eq. 1 and its many-layer form), picked by name from one registry.
 
 Fixed-step ``euler`` and ``rk4`` are our own (one derivative call per stage, no extra copies);
 adaptive solvers (``dopri5``, ``bosh3``, ``adaptive_heun``, ``fehlberg2``, ``dopri8``) run through
@@ -6,16 +6,20 @@ torchdiffeq. A state is a tuple of tensors; ``func(state) -> derivatives`` is au
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 
-from ._validation import check_choice
+from ._validation import DivergenceError, check_choice
 
 State = tuple[torch.Tensor, ...]
 Func = Callable[[State], State]
 
-__all__ = ["FIXED_STEP", "ADAPTIVE", "METHODS", "euler_step", "rk4_step", "adaptive_advance", "check_method"]
+__all__ = [
+    "FIXED_STEP", "ADAPTIVE", "METHODS", "MAX_STEPS", "MAX_ADAPTIVE_STEPS",
+    "euler_step", "rk4_step", "adaptive_advance", "check_method", "step_count",
+]
 
 
 def _axpy(y: State, k: State, dt: float) -> State:
@@ -59,6 +63,25 @@ def check_method(method) -> str:
     return check_choice("method", method, METHODS)
 
 
+#: most steps of ``dt`` (for adaptive methods: intervals of ``dt``, each of at most
+#: ``MAX_ADAPTIVE_STEPS`` solver steps) that one integration from 0 to ``t_max`` may take
+MAX_STEPS = 10_000_000
+
+
+def step_count(t_max: float, dt: float) -> int:
+    """The number of steps of ``dt`` that cover ``[0, t_max]`` (the last one may be shorter).
+
+    Raises ValueError naming ``dt`` and ``t_max`` when that is more than :data:`MAX_STEPS`: such an
+    integration would not return in any useful time (``dt = 1e-30`` means 10^30 steps)."""
+    ratio = t_max / dt
+    if not ratio <= MAX_STEPS:  # also catches inf
+        raise ValueError(
+            f"dt, t_max: got dt = {dt:.6g} and t_max = {t_max:.6g}, i.e. {ratio:.3g} steps; expected at most "
+            f"{MAX_STEPS:,} steps (assocmem.integrators.MAX_STEPS): increase dt or decrease t_max"
+        )
+    return max(1, math.ceil(ratio - 1e-9))
+
+
 def adaptive_advance(
     func: Func, y: State, t0: float, t1: float, method: str, rtol: float, atol: float, first_step: float | None
 ) -> tuple[State, int]:
@@ -78,13 +101,11 @@ def adaptive_advance(
     try:
         sol = odeint(f, tuple(y), ts, method=method, rtol=rtol, atol=atol, options=opts)
     except AssertionError as e:  # torchdiffeq's "underflow in dt" / "max_num_steps exceeded": a blow-up
-        from ._validation import DivergenceError
-
         sizes = ", ".join(f"{float(s.detach().abs().max()):.3g}" if s.numel() else "empty" for s in y)
         raise DivergenceError(
             f"adaptive solver {method!r} could not advance from t = {t0:.6g} to t = {t1:.6g} ({e}): the dynamics "
-            f"are blowing up (largest |value| per layer at t = {t0:.6g}: {sizes}); check that both Lagrangians "
-            "are convex and their activations bounded"
+            f"are blowing up (largest |value| per layer at t = {t0:.6g}: {sizes}); check that every layer's Lagrangian "
+            "is convex and its activation bounded"
         ) from None
     return tuple(s[-1] for s in sol), calls[0]
 
