@@ -155,6 +155,20 @@ def sdpa_retrieve(q, X, beta):
     return torch.nn.functional.scaled_dot_product_attention(q[None], X[None], X[None], scale=beta)[0]
 
 
+def without_compiled(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with the kernel's compiled parts switched off (``ASSOCMEM_NATIVE=0``
+    for the call; its calibration decisions are its own): what the compiled code buys."""
+    saved = os.environ.get("ASSOCMEM_NATIVE")
+    os.environ["ASSOCMEM_NATIVE"] = "0"
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if saved is None:
+            del os.environ["ASSOCMEM_NATIVE"]
+        else:
+            os.environ["ASSOCMEM_NATIVE"] = saved
+
+
 def numpy_retrieve(qn, Xn, beta):
     """What a user writes in plain numpy (one thread pool: numpy's BLAS)."""
     s = (qn * np.asarray(beta, qn.dtype)) @ Xn.T
@@ -197,6 +211,7 @@ def case_retrieval(shapes, rounds, plain=True):
             fns["plain_torch"] = lambda: plain_retrieve(q, X, beta)
             fns["sdpa"] = lambda: sdpa_retrieve(q, X, beta)
             fns["plain_numpy"] = lambda: numpy_retrieve(qn, Xn, beta)
+            fns["ours_without_compiled"] = lambda: without_compiled(AF.retrieve, q, X, beta=beta)
         a = torch.randn(2048, 2048)
         b = torch.randn(2048, 2048)
         an, bn = a.numpy(), b.numpy()
@@ -229,7 +244,8 @@ def case_retrieval(shapes, rounds, plain=True):
             row["speedup_vs_plain"] = t["plain_torch"]["min"] / ours
             row["model_step_speedup_vs_plain"] = t["plain_torch"]["min"] / t["model_step"]["min"]
             # ours / each plain route: time ratios (below 1: ours is faster), fastest rounds and paired
-            for ref, label in (("plain_torch", "plain"), ("sdpa", "sdpa"), ("plain_numpy", "numpy")):
+            for ref, label in (("plain_torch", "plain"), ("sdpa", "sdpa"), ("plain_numpy", "numpy"),
+                               ("ours_without_compiled", "without_compiled")):
                 row[f"ours_over_{label}"] = ours / t[ref]["min"]
                 row[f"ours_over_{label}_paired_median"] = paired_ratio(t, "ours", ref)
         rows.append(row)
@@ -460,8 +476,10 @@ def print_table(rows, peak):
         if "speedup_vs_plain_paired_median" in r:
             bits.append(f"speedup vs plain torch {r['speedup_vs_plain_paired_median']:.2f}x")
         if "ours_over_sdpa_paired_median" in r:
-            bits.append("time ours / plain torch {:.2f}, / SDPA {:.2f}, / numpy {:.2f}".format(
-                r["ours_over_plain_paired_median"], r["ours_over_sdpa_paired_median"], r["ours_over_numpy_paired_median"]))
+            bits.append("time ours / plain torch {:.2f}, / SDPA {:.2f}, / numpy {:.2f}, / ours without the compiled "
+                        "kernel {:.2f}".format(r["ours_over_plain_paired_median"], r["ours_over_sdpa_paired_median"],
+                                               r["ours_over_numpy_paired_median"],
+                                               r["ours_over_without_compiled_paired_median"]))
         if "ratio_paired_median" in r:
             bits.append(f"ratio {r['ratio_paired_median']:.2f}")
         print(f"  {r['case']}: " + ", ".join(bits))
