@@ -5,10 +5,14 @@ Two pairings, each forward (eval, no grad) and forward+backward (train):
     ``F.scaled_dot_product_attention`` + merge heads (what one writes by hand);
   * projections: ``Hopfield.from_multihead_attention(mha)`` vs the ``nn.MultiheadAttention`` it copies
     (self-attention, batch_first; in eval without grad MHA takes its fused native fast path).
-Each also with a boolean key padding mask. Timings are interleaved medians; the printed number is the
-ratio ours / plain torch (1.00 = same speed). Results go to JSON and a PNG.
+Each also with a boolean key padding mask. And ``assocmem.nn.compat.Hopfield`` (hopfield-layers'
+defaults: three LayerNorms, stacked projections) against the same forward written in plain torch
+(``F.layer_norm``, ``F.linear``, ``F.scaled_dot_product_attention``) with its own parameters, and against
+hopfield-layers' ``Hopfield`` with the same weights when ``import hflayers`` works (one step and
+``update_steps_max=3``). Timings are interleaved medians; the printed number is the ratio ours /
+reference (1.00 = same speed). Results go to JSON and a PNG.
 
-Run:  .venv/bin/python benchmarks/bench_nn.py [--quick] [--threads N] [--out out/bench_nn]
+Run:  .venv/bin/python benchmarks/bench_nn.py [--quick] [--compat-only] [--threads N] [--out out/bench_nn]
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from assocmem.nn import Hopfield
+from assocmem.nn import compat
 
 SHAPES = {  # name: (batch, set size L = S, embedding E, heads H)
     "tiny": (1, 8, 32, 2),
@@ -113,6 +118,52 @@ def cases(shape, seed=0):
     return out, (hop, mha)
 
 
+def plain_hflayers_default(comp, H):
+    """compat.Hopfield's default forward (self-association) in plain torch, with its parameters."""
+    core = comp.association_core
+    lns = (comp.norm_state_pattern, comp.norm_stored_pattern, comp.norm_pattern_projection)
+    wq, wk, wv = core.in_proj_weight.chunk(3)
+    bq, bk, bv = core.in_proj_bias.chunk(3)
+
+    def f(x, mask):
+        B, L, E = x.shape
+        q, k, v = (F.layer_norm(x, (E,), n.weight, n.bias, n.eps) for n in lns)
+        q, k, v = (F.linear(t, w, b).view(B, L, H, E // H).transpose(1, 2) for t, w, b in ((q, wq, bq), (k, wk, bk), (v, wv, bv)))
+        keep = None if mask is None else ~mask[:, None, None, :]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return core.out_proj(o.transpose(1, 2).reshape(B, L, E))
+    return f
+
+
+def compat_cases(shape, seed=0):
+    """compat.Hopfield against plain torch, and against hflayers when importable."""
+    B, L, E, H = shape
+    torch.manual_seed(seed)
+    x = torch.randn(B, L, E)
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    mask[:, L - L // 4:] = True
+    comp = compat.Hopfield(input_size=E, num_heads=H).eval()
+    params = list(comp.parameters())
+    out = [("compat (hflayers defaults) vs plain torch, padding mask", x, mask,
+            (lambda x, m: comp(x, stored_pattern_padding_mask=m), params), (plain_hflayers_default(comp, H), params))]
+    try:
+        import hflayers
+    except ImportError:
+        return out
+    hf = hflayers.Hopfield(input_size=E, num_heads=H).eval()
+    hf.load_state_dict(comp.state_dict())
+    comp3 = compat.Hopfield(input_size=E, num_heads=H, update_steps_max=3).eval()
+    hf3 = hflayers.Hopfield(input_size=E, num_heads=H, update_steps_max=3).eval()
+    comp3.load_state_dict(comp.state_dict())
+    hf3.load_state_dict(comp.state_dict())
+    out.append(("compat vs hflayers, padding mask", x, mask, (lambda x, m: comp(x, stored_pattern_padding_mask=m), params),
+                (lambda x, m: hf(x, stored_pattern_padding_mask=m), list(hf.parameters()))))
+    out.append(("compat vs hflayers, 3 updates, padding mask", x, mask,
+                (lambda x, m: comp3(x, stored_pattern_padding_mask=m), list(comp3.parameters())),
+                (lambda x, m: hf3(x, stored_pattern_padding_mask=m), list(hf3.parameters()))))
+    return out
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename over ``path`` (assocmem's bank writer)."""
     from assocmem._io import atomic_write_bytes
@@ -131,10 +182,11 @@ def figure(rows) -> bytes:
     for ax, mode in zip(axes, ("forward", "forward+backward")):
         sub = [r for r in rows if r["mode"] == mode]
         labels = [f"{r['shape']}: {r['case']}" for r in sub]
-        ax.barh(range(len(sub)), [r["ratio"] for r in sub], color=["C0" if "no proj" in r["case"] else "C1" for r in sub])
+        ax.barh(range(len(sub)), [r["ratio"] for r in sub],
+                color=["C0" if "no proj" in r["case"] else "C2" if "compat" in r["case"] else "C1" for r in sub])
         ax.axvline(1.0, c="k", lw=0.8)
         ax.set_yticks(range(len(sub)), labels, fontsize=7)
-        ax.set_xlabel("time ratio: assocmem Hopfield / plain torch")
+        ax.set_xlabel("time ratio: assocmem / reference (plain torch, MHA or hflayers)")
         ax.set_title(mode)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -146,6 +198,7 @@ def figure(rows) -> bytes:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats, no 'large' shape")
+    p.add_argument("--compat-only", action="store_true", help="only the assocmem.nn.compat rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("out/bench_nn"))
@@ -162,20 +215,20 @@ def main(argv=None) -> int:
     rows = []
     jobs = []
     for name, shape in shapes.items():
-        cs, _ = cases(shape)
-        for c in cs:
+        cs = [] if a.compat_only else cases(shape)[0]
+        for c in cs + compat_cases(shape):
             for mode in ("forward", "forward+backward"):
                 jobs.append((name, shape, c, mode))
     for name, shape, (case, x, mk, ours, ref), mode in tqdm(jobs, desc="bench_nn", leave=False):
         t_ours, t_ref = compare(ours, ref, x, mk, mode, repeats, min_time)
         rows.append({"shape": name, "B_L_E_H": list(shape), "case": case, "mode": mode,
                      "ours_us": t_ours * 1e6, "plain_us": t_ref * 1e6, "ratio": t_ours / t_ref})
-    print(f"{'shape':7s} {'(B, L, E, H)':16s} {'mode':17s} {'case':45s} {'ours us':>10s} {'plain us':>10s} {'ratio':>6s}")
+    print(f"{'shape':7s} {'(B, L, E, H)':16s} {'mode':17s} {'case':55s} {'ours us':>10s} {'ref us':>10s} {'ratio':>6s}")
     for r in rows:
-        print(f"{r['shape']:7s} {str(tuple(r['B_L_E_H'])):16s} {r['mode']:17s} {r['case']:45s} "
+        print(f"{r['shape']:7s} {str(tuple(r['B_L_E_H'])):16s} {r['mode']:17s} {r['case']:55s} "
               f"{r['ours_us']:10.1f} {r['plain_us']:10.1f} {r['ratio']:6.2f}")
     ratios = [r["ratio"] for r in rows]
-    print(f"ratio ours/plain: median {statistics.median(ratios):.2f}, max {max(ratios):.2f} over {len(rows)} measurements")
+    print(f"ratio ours/reference: median {statistics.median(ratios):.2f}, max {max(ratios):.2f} over {len(rows)} measurements")
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "repeats": repeats, "min_time_s": min_time,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

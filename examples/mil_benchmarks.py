@@ -147,8 +147,8 @@ def run_fold(variant, train_bags, y_train, test_bags, y_test, *, seed, epochs, l
     return auc(scores, y_test), seconds
 
 
-def run(datasets=("elephant", "musk1", "ucsb"), variants=VARIANTS, folds=10, repeats=2, epochs=50, lr=1e-3,
-        batch_size=8, weight_decay=1e-4, progress=True):
+def run(datasets=("elephant", "musk1", "ucsb"), variants=VARIANTS, folds=10, repeats=2, epochs=40, lr=1e-3,
+        batch_size=16, weight_decay=1e-4, progress=True):
     """Cross-validate every variant on the same folds; returns {dataset: {variant: {...}}}."""
     avail = [v for v in variants if v != "hflayers" or importlib.util.find_spec("hflayers") is not None]
     out = {}
@@ -200,12 +200,14 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="out/mil_benchmarks")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = run(args.datasets.split(","), tuple(args.variants.split(",")), args.folds, args.repeats, args.epochs)
+    res = run(args.datasets.split(","), tuple(args.variants.split(",")), args.folds, args.repeats, args.epochs,
+              batch_size=args.batch_size)
     print(table(res))
     from assocmem._io import atomic_write_bytes
 
