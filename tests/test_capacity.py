@@ -1,14 +1,13 @@
 """assocmem.capacity and ``assocmem capacity``: batched dynamics equal the models' own recall, the
 search finds the capacity of a known criterion, the published capacities are reproduced, bad input."""
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from assocmem import ClassicalHopfield, DenseAssociativeMemory, ModernHopfield
+from assocmem import ClassicalHopfield, DenseAssociativeMemory
 from assocmem import capacity as cap
 from assocmem import theory as th
 from assocmem.cli import main
@@ -78,18 +77,32 @@ def test_classical_stable_is_the_fixed_point_test():
     assert torch.equal(cap.classical_stable(probes.unsqueeze(0), padded, torch.tensor([20]))[0], ref)
 
 
-def test_modern_recall_equals_model_recall_with_padding():
-    N, Ks = 16, [50, 120]
-    xis = [pm1(k, N, seed=50 + j) for j, k in enumerate(Ks)]
-    stacked = torch.zeros(2, 120, N)
-    x0 = torch.zeros(2, 10, N)
-    for j, x in enumerate(xis):
-        stacked[j, :len(x)] = x
-        x0[j] = _flip(x[:10], 0.2, 60 + j)
-    out = cap.modern_recall(stacked, torch.tensor(Ks), x0, beta=0.7, max_steps=6)
-    for j, x in enumerate(xis):
-        r = ModernHopfield(x, beta=0.7).recall(x0[j], max_steps=6)
-        torch.testing.assert_close(out[j], r.state, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("model,kw", [("classical", {}), ("dense", {"n": 3}), ("dense", {"F": "exp", "beta": 0.5}),
+                                      ("dense", {"F": "rectified_power", "n": 4}), ("modern", {"beta": 2.0}),
+                                      ("spherical", {"n": 3})])
+def test_lab_recall_is_the_models_recall(model, kw):
+    """The lab's batched evaluation of two trials with different K gives, trial for trial, what the
+    trial's own model recalls from the same cues with the same generator (the lab runs the models'
+    sweep engine for all trials at once, or the models themselves)."""
+    from assocmem.capacity.patterns import _mix
+    from assocmem.models import by_name
+
+    N = 32
+    spec = cap.capacity_settings(model, "recall", flip=0.2, trials=2, probes=8, **kw)
+    exp = cap._Experiment(spec, N)
+    K = {"classical": [2, 6], "spherical": [6, 16]}.get(model, [60, 150])
+    got = exp.evaluate([0, 1], K)
+    pats, targets, ok = exp._targets([0, 1], K)
+    cues = exp._cues([0, 1], targets)
+    want = []
+    for j, k in enumerate(K):
+        m = by_name(model, pats[j, :k], **kw)
+        st = m.recall(cues[j], max_steps=spec.max_steps, generator=torch.Generator().manual_seed(_mix(0, N, 1, 31))).state
+        if model == "spherical":
+            st = st * targets[j].norm(dim=-1, keepdim=True)
+        want.append(((torch.where(st >= 0, 1.0, -1.0) == targets[j]).all(-1).double() * ok[j]).sum() / ok[j].sum())
+    assert torch.equal(got, torch.stack(want))
+    assert float(got.max()) > 0.0
 
 
 # ---- patterns and cues -----------------------------------------------------------------------------
