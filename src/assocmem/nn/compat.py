@@ -188,7 +188,6 @@ class Hopfield(nn.Module):
         stored_pattern_size = _opt_size("stored_pattern_size", stored_pattern_size)
         pattern_projection_size = _opt_size("pattern_projection_size", pattern_projection_size)
         H = check_int("num_heads", num_heads, minimum=1)
-        flags = {}
         for name, val in (("stored_pattern_as_static", stored_pattern_as_static), ("state_pattern_as_static", state_pattern_as_static),
                           ("pattern_projection_as_static", pattern_projection_as_static),
                           ("pattern_projection_as_connected", pattern_projection_as_connected), ("batch_first", batch_first),
@@ -201,7 +200,7 @@ class Hopfield(nn.Module):
                           ("normalize_state_pattern_affine", normalize_state_pattern_affine),
                           ("normalize_pattern_projection_affine", normalize_pattern_projection_affine),
                           ("normalize_hopfield_space_affine", normalize_hopfield_space_affine)):
-            flags[name] = _bool(name, val)
+            _bool(name, val)
         if concat_bias_pattern:
             raise ValueError(
                 "concat_bias_pattern: got True; not supported (hopfield-layers creates the bias patterns but never "
@@ -214,7 +213,6 @@ class Hopfield(nn.Module):
         else:
             act = None
         self.association_activation = act
-        self._activation_name = association_activation
         ks, qs, vs = stored_pattern_as_static, state_pattern_as_static, pattern_projection_as_static
         static_execution = ks and qs and vs and not pattern_projection_as_connected and not normalize_hopfield_space \
             and not normalize_hopfield_space_affine and disable_out_projection
