@@ -21,7 +21,7 @@ def register(sub):
     )
     pos, count = A.positive(), A.integer(minimum=1)
     p.add_argument("--model", required=True, metavar="MODEL", type=A.choice(cap.MODELS),
-                   help="classical | dense | modern | spherical | threshold | dendritic-ei")
+                   help=" | ".join(cap.MODELS))
     p.add_argument("--N", default=[100, 200, 400], metavar="N1,N2,...", type=A.int_list(minimum=2),
                    help="comma-separated sizes: feature neurons (visible neurons N_v for threshold); default 100,200,400")
     p.add_argument("--criterion", default="stability", metavar="C", type=A.choice(cap.CRITERIA),

@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..models import by_name, entry, names
 from . import _args as A
 
-MODELS = ("modern", "dense-exp", "dense-power", "classical", "spherical")
+#: the model names of :func:`assocmem.models.by_name`
+MODELS = names()
 
 
 def register(sub):
@@ -40,22 +42,14 @@ def register(sub):
 
 
 def build_model(name: str, bank, beta: float, n: int):
-    """The effective model ``name`` over the bank's patterns."""
-    from .. import ClassicalHopfield, DenseAssociativeMemory, ModernHopfield, SphericalMemory
-
+    """The effective model ``name`` (:func:`assocmem.models.by_name`) over the bank's patterns."""
     xi = bank.xi
-    if name in ("dense-exp", "dense-power", "classical") and not bank.binary_pixels:
+    if entry(name).binary and not bank.binary_pixels:
         raise ValueError(f"--model: {name} stores +-1 pixels only; this bank holds grey levels (stored with --gray); "
                          "use --model modern or spherical, or store the images without --gray")
-    if name == "modern":
-        return ModernHopfield(xi, beta=beta)
-    if name == "dense-exp":
-        return DenseAssociativeMemory(xi, F="exp", beta=beta)
-    if name == "dense-power":
-        return DenseAssociativeMemory(xi, F="power", n=n)
-    if name == "classical":
-        return ClassicalHopfield(xi)
-    return SphericalMemory(xi, F="exp", beta=beta * math.sqrt(xi.shape[1]))
+    kwargs = {"modern": {"beta": beta}, "dense-exp": {"beta": beta}, "dense-power": {"n": n}, "dense": {"n": n},
+              "spherical": {"F": "exp", "beta": beta * math.sqrt(xi.shape[1])}}
+    return by_name(name, xi, **kwargs.get(name, {}))
 
 
 def run(args) -> int:
