@@ -347,6 +347,11 @@ def fuzz_functional(data):
     q = torch.randn(B, N, generator=g, dtype=dtype)
     keys = torch.randn(K, N, generator=g, dtype=dtype)
     beta = data.draw(st.sampled_from([0.0, 0.1, 1.0, 8.0, 100.0]), "beta")
+    if N == 0:  # patterns of size 0 are refused by name (they used to give an empty result)
+        for fn, args in ((AF.retrieve, (q, keys, None, beta)), (AF.modern_energy, (q, keys, 1.0))):
+            with pytest.raises(ValueError, match=r"keys: got shape .*expected patterns of size N >= 1"):
+                fn(*args)
+        return
     out = AF.retrieve(q, keys, beta=beta)
     ref = torch.softmax(beta * q.double() @ keys.double().T, -1) @ keys.double()
     tol = 1e-9 if dtype == torch.float64 else 2e-4
@@ -356,6 +361,52 @@ def fuzz_functional(data):
 
 
 _twin(fuzz_functional, "fuzz_functional", fast=30, slow=600)
+
+
+def fuzz_functional_arguments(data):
+    """retrieve, attention_weights, modern_energy, lse_energy and hopfield_retrieve/_energy with any
+    arguments: a result of the right shape (no NaN from finite inputs) or a TypeError/ValueError that
+    names the argument; never torch's or ctypes' internal errors (wrong N, mixed dtypes, lists, None,
+    beta="1" reached the compiled kernel)."""
+    data = Fuzz(data)
+    B, K, N = (data.draw(st.integers(0, 4), f"dim{i}") for i in range(3))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]), "dtype")
+    q = data.draw(fuzzed(data.draw(mostly([(B, N), (N,)], [(B, N + 1), (2, B, N), ()]), "query shape")), "query")
+    keys = data.draw(fuzzed(data.draw(mostly([(K, N)], [(K, N + 1), (N,), (2, K, N)]), "keys shape")), "keys")
+    if data.draw(st.booleans(), "same dtype?") and isinstance(q, torch.Tensor) and isinstance(keys, torch.Tensor):
+        keys = keys.to(q.dtype) if q.is_floating_point() and keys.is_floating_point() else keys
+    values = None if data.draw(st.booleans(), "values = keys?") else data.draw(fuzzed((K, 3)), "values")
+    beta = data.draw(mostly([0.5, 1.0, 2], NUMBERS), "beta")
+    mask = None if data.draw(st.booleans(), "no mask?") else data.draw(
+        mostly([torch.zeros(B, K, dtype=torch.bool)], [torch.zeros(B, K + 1, dtype=torch.bool), torch.zeros(B, K), "m"]), "mask")
+    fn = data.draw(st.sampled_from(["retrieve", "weights", "energy", "lse", "hopfield", "hopfield_energy"]), "fn")
+    if fn == "retrieve":
+        ok, out = outcome(AF.retrieve, q, keys, values, beta=beta, mask=mask)
+    elif fn == "weights":
+        ok, out = outcome(AF.attention_weights, q, keys, beta, mask)
+    elif fn == "energy":
+        ok, out = outcome(AF.modern_energy, q, keys, beta)
+    elif fn == "lse":
+        ok, out = outcome(AF.lse_energy, q, beta)
+    elif fn == "hopfield":
+        ok, out = outcome(lambda *a, **k: AF.hopfield_retrieve(*a, **k).retrieved, q, keys, values, beta=beta, mask=mask)
+    else:
+        ok, out = outcome(AF.hopfield_energy, q, keys, beta, mask)
+    if not ok:
+        return
+    assert isinstance(out, torch.Tensor) and out.is_floating_point()
+    # finite inputs of moderate size: beta q.k cannot overflow (huge entries may, documented)
+    finite_in = all(not isinstance(t, torch.Tensor) or t.numel() == 0 or float(t.double().abs().max()) <= 1e6
+                    for t in (q, keys, values))
+    moderate = not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta <= 100  # beta q.k may overflow
+    if finite_in and moderate and fn in ("retrieve", "weights", "hopfield") and mask is None:
+        no_nan(out)
+    qt = torch.as_tensor(q)
+    if fn == "retrieve" and values is None:
+        assert out.shape == qt.shape
+
+
+_twin(fuzz_functional_arguments, "fuzz_functional_arguments", fast=60, slow=1500)
 
 
 # ---------------------------------------------------------------------------------------------------

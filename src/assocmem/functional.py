@@ -3,14 +3,149 @@
 Model B (KH eq. 13-16): one update ``v <- xi^T softmax(beta xi v)`` and its energy
 ``E = 1/2 v.v - (1/beta) logsumexp(beta xi v)``; with beta = 1/sqrt(d) the update is scaled
 dot-product attention with keys = values = xi and query = v.
+
+Every public function checks its arguments' types, shapes, dtypes and devices and raises
+``TypeError``/``ValueError`` naming the argument (about a microsecond). Tensor values are not
+screened: as in ``torch.nn.functional``, NaN or inf in the inputs, or scores ``beta q.k`` beyond the
+dtype's range, give NaN or inf out (a finiteness check would read the whole bank and, on a GPU,
+synchronise); the models (``ModernHopfield``...) and ``assocmem.streaming`` check their inputs and
+raise ``DivergenceError`` where a result overflows.
 """
 from __future__ import annotations
+
+import math
+from numbers import Real
 
 import torch
 
 from ._kernels import try_retrieve
+from ._validation import describe
 
 __all__ = ["retrieve", "attention_weights", "modern_energy", "lse_energy"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_WIDE = (torch.float32, torch.float64)
+
+
+def _dt(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _check_beta(beta, *, allow_zero: bool, dtype: torch.dtype | None = None, rows=None) -> None:
+    """A finite real number > 0 (>= 0 with ``allow_zero``), at most the largest ``dtype`` value, or a
+    real tensor: 0-d, or (with ``rows``, the scores' shape with a last axis of 1) broadcastable to
+    ``rows``. A tensor's values are not read: that would synchronise a GPU, and a learnable beta is
+    the caller's to keep positive."""
+    if isinstance(beta, torch.Tensor):
+        if beta.is_complex() or not (beta.is_floating_point() or beta.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"beta: got a {describe(beta)}; expected a positive number or a real tensor")
+        if rows is None:
+            if beta.ndim:
+                raise ValueError(f"beta: got a {describe(beta)}; expected a number or a 0-d tensor")
+            return
+        ok = beta.ndim == 0 or beta.shape[-1] == 1
+        if ok and beta.ndim:
+            try:
+                ok = tuple(torch.broadcast_shapes(beta.shape, rows)) == tuple(rows)
+            except RuntimeError:
+                ok = False
+        if not ok:
+            raise ValueError(f"beta: got a {describe(beta)}; expected a number or a tensor broadcastable to "
+                             f"{tuple(rows)} (one beta per query row)")
+        return
+    if isinstance(beta, bool) or not isinstance(beta, Real):
+        raise TypeError(f"beta: got {describe(beta)}; expected a positive number or a real tensor")
+    try:
+        b = float(beta)
+    except OverflowError:  # an int beyond float's range
+        b = math.inf
+    if not math.isfinite(b) or b < 0 or (b == 0 and not allow_zero):
+        raise ValueError(f"beta: got {beta!r}; expected a finite number {'>= 0' if allow_zero else '> 0'}")
+    if dtype is not None and dtype.is_floating_point and b > torch.finfo(dtype).max:
+        raise ValueError(f"beta: got {beta!r}; expected at most {torch.finfo(dtype).max:.3g}, the largest "
+                         f"{str(dtype).replace('torch.', '')} (the dtype of the scores)")
+
+
+_T, _F32, _F64, _F32_MAX = torch.Tensor, torch.float32, torch.float64, torch.finfo(torch.float32).max
+
+
+def _rows(query, keys) -> tuple:
+    """Shape of the scores of ``query`` against ``keys`` with the memory axis reduced to 1."""
+    if query.ndim == 1:
+        return tuple(keys.shape[:-2]) + (1,)
+    return tuple(torch.broadcast_shapes(query.shape[:-2], keys.shape[:-2])) + (query.shape[-2], 1)
+
+
+def _check_patterns(query, keys, values=None, mask=None, *, qname="query", kname="keys", vname="values") -> None:
+    """Types, shapes, dtypes and devices of a retrieval's tensors: query (..., B, N) or (N,), keys
+    (..., K, N) with N >= 1 and K >= 1, values (..., K, M), mask bool and broadcastable to the
+    scores. Keys and values have the query's dtype, or are float16/bfloat16 banks under a
+    float32/float64 query (computed in the query's dtype)."""
+    if type(query) is _T and type(keys) is _T and values is None and mask is None:
+        # the common case in a few attribute reads (this runs on every retrieval, tiny ones included)
+        qs, ks, dt = query.shape, keys.shape, query.dtype
+        if (len(ks) == 2 and 0 < len(qs) <= 2 and qs[-1] == ks[1] and ks[1] and ks[0] and keys.dtype is dt
+                and (dt is _F32 or dt is _F64) and query.is_cpu and keys.is_cpu):
+            return
+    _check_patterns_in_full(query, keys, values, mask, qname, kname, vname)
+
+
+def _check_patterns_in_full(query, keys, values, mask, qname, kname, vname) -> None:
+    for name, t, nd in ((qname, query, 1), (kname, keys, 2), (vname, values, 2)):
+        if t is None and name == vname:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: got {describe(t)}; expected a floating-point torch.Tensor")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: got a {describe(t)}; expected a floating-point tensor "
+                            "(float32, float64, float16 or bfloat16)")
+        if t.ndim < nd:
+            raise ValueError(f"{name}: got a {describe(t)}; expected at least {nd} dimension(s)")
+    N = keys.shape[-1]
+    if query.shape[-1] != N:
+        raise ValueError(f"{qname}: got shape {tuple(query.shape)} with {kname} of shape {tuple(keys.shape)}; "
+                         f"expected the same last dimension (pattern size N = {N})")
+    if N == 0:
+        raise ValueError(f"{kname}: got shape {tuple(keys.shape)}; expected patterns of size N >= 1")
+    K = keys.shape[-2]
+    if K == 0:
+        raise ValueError(f"{kname}: got shape {tuple(keys.shape)}; expected at least one stored pattern")
+    qdt, dev = query.dtype, query.device
+    for name, t in ((kname, keys), (vname, values)):
+        if t is None:
+            continue
+        if t.dtype != qdt and not (t.dtype in _LOW_PRECISION and qdt in _WIDE):
+            raise TypeError(f"{name}: got dtype {_dt(t)} with {qname} of dtype {_dt(query)}; expected the same dtype "
+                            f"(or float16/bfloat16 {name} under a float32/float64 {qname}); convert one with .to()")
+        if t.device != dev:
+            raise ValueError(f"{name}: on device {t.device} with {qname} on {dev}; expected the same device")
+    if values is not None and values.shape[-2] != K:
+        raise ValueError(f"{vname}: got shape {tuple(values.shape)} with {kname} of shape {tuple(keys.shape)}; "
+                         "expected one value per stored pattern (the same second-to-last dimension)")
+    if keys.ndim == 2 and query.ndim <= 2 and mask is None:
+        return  # the common case: nothing to broadcast
+    try:
+        lead = torch.broadcast_shapes(query.shape[:-2], keys.shape[:-2])
+        if values is not None:
+            torch.broadcast_shapes(lead, values.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"{kname}: got shape {tuple(keys.shape)} with {qname} of shape {tuple(query.shape)}"
+                         + ("" if values is None else f" and {vname} of shape {tuple(values.shape)}")
+                         + "; expected leading (batch) dimensions that broadcast") from None
+    if mask is None:
+        return
+    scores = tuple(lead) + ((query.shape[-2],) if query.ndim >= 2 else ()) + (K,)
+    ok = isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+    if ok:
+        try:
+            ok = tuple(torch.broadcast_shapes(mask.shape, scores)) == scores
+        except RuntimeError:
+            ok = False
+    if not ok:
+        raise ValueError(f"mask: got {describe(mask)}; expected a bool tensor (True = ignore that stored pattern) "
+                         f"broadcastable to the scores of shape {scores}")
+    if mask.device != dev:
+        raise ValueError(f"mask: on device {mask.device} with {qname} on {dev}; expected the same device")
 
 
 def _beta_scores(query: torch.Tensor, keys: torch.Tensor, beta) -> torch.Tensor:
@@ -22,7 +157,14 @@ def _beta_scores(query: torch.Tensor, keys: torch.Tensor, beta) -> torch.Tensor:
 
 
 def attention_weights(query: torch.Tensor, keys: torch.Tensor, beta, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(beta * query @ keys^T) over the memory axis; ``mask`` True marks memories to ignore."""
+    """softmax(beta * query @ keys^T) over the memory axis (KH eq. 16's weights); ``mask`` True marks
+    memories to ignore. Shapes and dtypes as in :func:`retrieve`."""
+    _check_patterns(query, keys, None, mask)
+    _check_beta(beta, allow_zero=True, dtype=query.dtype, rows=_rows(query, keys))
+    return _weights(query, keys, beta, mask)
+
+
+def _weights(query, keys, beta, mask):
     scores = _beta_scores(query, keys, beta)
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
@@ -38,7 +180,17 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
     ``assocmem._kernels`` (same result to float rounding); everything else on plain torch below.
     With ``return_lse`` also returns ``logsumexp(beta q k^T)`` (...,  B), which the softmax computes
     anyway: the energy (KH eq. 13) of the query is then ``1/2 q.q - lse / beta`` at no extra product.
+
+    ``query`` may also be one state (N,). N >= 1 and K >= 1; keys and values have the query's dtype,
+    or are a float16/bfloat16 bank under a float32/float64 query (products accumulate in the
+    query's dtype); all on one device. ``beta`` a finite number >= 0 (0: the mean of the values) or
+    a real tensor. ``mask`` bool, True = ignore that memory, broadcastable to the scores (..., B, K).
+    Wrong types, shapes, dtypes or devices raise ``TypeError``/``ValueError`` naming the argument;
+    NaN in the inputs propagates (see the module's docstring).
     """
+    _check_patterns(query, keys, values, mask)
+    if not (type(beta) is float and 0.0 <= beta <= _F32_MAX):
+        _check_beta(beta, allow_zero=True, dtype=query.dtype, rows=_rows(query, keys))
     fast = try_retrieve(query, keys, values, beta, mask, return_lse)
     if fast is not None:
         return fast
@@ -48,7 +200,7 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
     if values.dtype != query.dtype and values.dtype in _LOW_PRECISION and query.is_floating_point():
         values = values.to(query.dtype)
     if not return_lse:
-        return torch.matmul(attention_weights(query, keys, beta, mask), values)
+        return torch.matmul(_weights(query, keys, beta, mask), values)
     scores = _beta_scores(query, keys, beta)
     if mask is None and not (torch.is_grad_enabled() and scores.requires_grad):
         # no graph to keep: the online-softmax passes in place on one buffer (as fast as softmax)
@@ -62,14 +214,27 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
 
 
 def lse_energy(h: torch.Tensor, beta) -> torch.Tensor:
-    """-(1/beta) logsumexp(beta h) over the last axis: the memory-layer part of KH eq. 13."""
+    """-(1/beta) logsumexp(beta h) over the last axis: the memory-layer part of KH eq. 13.
+    ``h`` (..., K) floating with K >= 1, ``beta`` a finite number > 0 or a real tensor."""
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point():
+        raise TypeError(f"h: got {describe(h)}; expected a floating-point torch.Tensor of shape (..., K)")
+    if h.ndim < 1 or h.shape[-1] == 0:
+        raise ValueError(f"h: got a {describe(h)}; expected shape (..., K) with K >= 1 memory neurons")
+    _check_beta(beta, allow_zero=False, dtype=h.dtype)
     return -torch.logsumexp(h * beta, dim=-1) / beta
 
 
 def modern_energy(state: torch.Tensor, keys: torch.Tensor, beta) -> torch.Tensor:
-    """KH eq. (13) with inverse temperature beta: 1/2 v.v - (1/beta) logsumexp(beta xi v), shape (...)."""
+    """KH eq. (13) with inverse temperature beta: 1/2 v.v - (1/beta) logsumexp(beta xi v), shape (...).
+
+    ``state`` (..., N) or (N,), ``keys`` (..., K, N): the same dtype and device, N >= 1, K >= 1;
+    ``beta`` a finite number > 0 or a real tensor. Errors as in :func:`retrieve`."""
+    _check_patterns(state, keys, qname="state")
+    _check_beta(beta, allow_zero=False, dtype=state.dtype)
+    if keys.dtype != state.dtype:  # a float16/bfloat16 bank: computed in the state's dtype
+        keys = keys.to(state.dtype)
     h = torch.matmul(state, keys.transpose(-1, -2))
-    return 0.5 * (state * state).sum(-1) + lse_energy(h, beta)
+    return 0.5 * (state * state).sum(-1) - torch.logsumexp(h * beta, dim=-1) / beta
 
 
 # -- multi-head retrieval with masks and iterated updates (used by ``assocmem.nn``) -----------------
@@ -81,8 +246,6 @@ from typing import NamedTuple as _NamedTuple
 import torch.nn.functional as _F
 
 __all__ += ["Retrieval", "hopfield_retrieve", "hopfield_energy", "additive_mask", "default_tol"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class Retrieval(_NamedTuple):
@@ -175,16 +338,30 @@ def hopfield_energy(state: torch.Tensor, stored: torch.Tensor, beta=1.0, mask: t
 
 
 def _check_retrieval_args(state, stored, values, beta, mask) -> None:
-    from ._validation import describe
-
+    """Types, shapes, dtypes and devices of :func:`hopfield_retrieve`'s arguments (no values read)."""
     for name, t in (("state", state), ("stored", stored), ("values", values)):
-        if t is not None and (not isinstance(t, torch.Tensor) or t.ndim < 2):
-            raise TypeError(f"{name}: got {describe(t)}; expected a tensor of shape (..., n, size)")
+        if t is None and name == "values":
+            continue
+        if not isinstance(t, torch.Tensor) or t.ndim < 2:
+            raise TypeError(f"{name}: got {describe(t)}; expected a floating-point tensor of shape (..., n, size)")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: got {describe(t)}; expected a floating-point tensor (float32, float64, float16 "
+                            "or bfloat16)")
     if stored.shape[-1] != state.shape[-1]:
         raise ValueError(
             f"stored: got shape {tuple(stored.shape)} with state of shape {tuple(state.shape)}; "
             "expected the same last dimension (pattern size) for state and stored patterns"
         )
+    if state.shape[-1] == 0:
+        raise ValueError(f"state: got shape {tuple(state.shape)}; expected patterns of size >= 1")
+    for name, t in (("stored", stored), ("values", values)):
+        if t is None:
+            continue
+        if t.dtype != state.dtype:
+            raise TypeError(f"{name}: got dtype {_dt(t)} with state of dtype {_dt(state)}; expected the same dtype "
+                            "(convert one with .to(), or run under torch.autocast)")
+        if t.device != state.device:
+            raise ValueError(f"{name}: on device {t.device} with state on {state.device}; expected the same device")
     if values is not None and values.shape[-2] != stored.shape[-2]:
         raise ValueError(
             f"values: got shape {tuple(values.shape)} with stored of shape {tuple(stored.shape)}; "
@@ -210,11 +387,9 @@ def _check_retrieval_args(state, stored, values, beta, mask) -> None:
                 f"mask: got {describe(mask)}; expected a bool or float mask broadcastable to the scores "
                 f"of shape {scores} (state {tuple(state.shape)}, stored {tuple(stored.shape)})"
             )
-    if isinstance(beta, torch.Tensor):
-        if beta.ndim > 0 and beta.shape[-1] != 1:
-            raise ValueError(f"beta: got a tensor of shape {tuple(beta.shape)}; expected a number or a tensor broadcastable to (..., L, 1)")
-    elif isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
-        raise ValueError(f"beta: got {describe(beta)}; expected a positive number or a tensor")
+        if mask.device != state.device:
+            raise ValueError(f"mask: on device {mask.device} with state on {state.device}; expected the same device")
+    _check_beta(beta, allow_zero=False, dtype=state.dtype, rows=scores[:-1] + (1,))
 
 
 def hopfield_retrieve(
