@@ -224,3 +224,102 @@ def test_streaming_memory_recall_matches_modern_hopfield(tmp_path):
     assert none.steps == 0 and torch.equal(none.state, cue)
     none.state.add_(1.0)  # a new tensor, not the caller's cue
     assert not torch.equal(none.state, cue)
+
+
+# ---- non-finite and empty banks -------------------------------------------------------------------
+def _poke(path, bank, row, col, raw_value: bytes):
+    """Overwrite one value of a bank file in place (as a foreign writer or a damaged disk would)."""
+    item = len(raw_value)
+    off = bank._offset + (row * bank.n_features + col) * item
+    data = bytearray(open(path, "rb").read())
+    data[off:off + item] = raw_value
+    open(path, "wb").write(bytes(data))
+
+
+def test_write_bank_refuses_values_the_stored_dtype_cannot_hold(tmp_path):
+    """1e5 is finite in float32 but inf in float16: the bank was written with inf and every
+    retrieval from it gave NaN."""
+    X = pm1(20, 8)
+    X[7, 3] = 1e5
+    with pytest.raises(ValueError, match=r"row 7 becomes inf when stored as float16 \(largest 65504\)"):
+        write_bank(tmp_path / "h.bank", X, dtype=torch.float16)
+    blocks = [X[:5], X[5:]]
+    with pytest.raises(ValueError, match=r"patterns block 1: row 7 becomes inf"):
+        write_bank(tmp_path / "h.bank", iter(blocks), n_memories=20, n_features=8, dtype=torch.float16)
+    for bad in (math.nan, math.inf):
+        Y = pm1(20, 8)
+        Y[2, 2] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            write_bank(tmp_path / "n.bank", Y)
+        with pytest.raises(ValueError, match="non-finite"):
+            write_bank(tmp_path / "n.bank", Y.numpy())
+    assert os.listdir(tmp_path) == []  # nothing written, no temporary left
+    b = write_bank(tmp_path / "ok.bank", X, dtype=torch.float32)  # a wide enough dtype is fine
+    assert float(b.to_tensor()[7, 3]) == 1e5
+
+
+def test_empty_banks_refused_by_name(tmp_path):
+    """An empty bank gave 'max_workers must be greater than 0' from the thread pool."""
+    q = torch.randn(2, 4)
+    for bank in (torch.zeros(0, 4), np.zeros((0, 4), np.float32), torch.zeros(3, 0)):
+        with pytest.raises(ValueError, match="bank: got .*an empty bank; expected at least one stored pattern"):
+            streaming_retrieve(q, bank)
+        with pytest.raises(ValueError, match="an empty bank"):
+            StreamingMemory(bank)
+    with pytest.raises(ValueError, match="expected at least one element"):
+        write_bank(tmp_path / "e.bank", torch.zeros(0, 4))
+    with pytest.raises(ValueError, match="n_memories: got 0"):
+        write_bank(tmp_path / "e.bank", [], n_memories=0, n_features=4)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "array", "bfloat16", "float16"])
+def test_non_finite_bank_in_memory_is_named_not_returned(kind):
+    X = pm1(300, 8)
+    X[123, 5] = math.nan
+    bank = {"tensor": X, "array": X.numpy(), "bfloat16": X.bfloat16(), "float16": X.half()}[kind]
+    with pytest.raises(ValueError, match=r"bank: row 123 holds NaN or inf"):
+        streaming_retrieve(torch.randn(3, 8), bank)
+    with pytest.raises(ValueError, match=r"bank: row 123 holds NaN or inf"):
+        StreamingMemory(bank).recall(torch.randn(8))
+    with pytest.raises(ValueError, match=r"bank: row 123"):
+        StreamingMemory(bank).energy(torch.randn(8))
+    X[123, 5] = math.inf  # an inf pattern: its score is +-inf, and the weighted sum 0 * inf is NaN
+    with pytest.raises(ValueError, match=r"bank: row 123 holds NaN or inf"):
+        streaming_retrieve(torch.randn(3, 8), X.to(bank.dtype) if isinstance(bank, torch.Tensor) else X.numpy())
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_bank_file_is_a_corrupt_bank(tmp_path, checksum, dtype):
+    p = tmp_path / "x.bank"
+    b = write_bank(p, pm1(50, 6), dtype=dtype, checksum=checksum)
+    raw = np.float32(np.nan).tobytes() if dtype == torch.float32 else b"\x80\x7f"  # NaN / bfloat16 +inf
+    _poke(p, b, 31, 4, raw)
+    with pytest.raises(CorruptBankError, match=r"row 31|checksum mismatch"):
+        MemmapBank(p)  # small bank: checked on open (by its checksums, or for NaN and inf without them)
+    mb = MemmapBank(p, verify=False)  # a huge bank is opened unread: the retrieval names the damage
+    with pytest.raises(CorruptBankError, match=r"row 31 holds NaN or inf"):
+        streaming_retrieve(torch.randn(2, 6), mb)
+    with pytest.raises(CorruptBankError, match=r"row 31 holds NaN or inf"):
+        StreamingMemory(mb).recall(torch.randn(2, 6))
+    with pytest.raises(CorruptBankError, match=r"row 31"):
+        mb.check_finite()
+
+
+def test_bank_without_checksums_opens_and_is_read_for_nan(tmp_path):
+    """Opening a small bank written with checksum=False ran verify(), which refuses such banks."""
+    p = tmp_path / "n.bank"
+    write_bank(p, pm1(10, 4), checksum=False)
+    b = MemmapBank(p)
+    assert b.shape == (10, 4) and not b.has_checksums
+    b.check_finite()
+    with pytest.raises(ValueError, match="without checksums"):
+        MemmapBank(p, verify=True)
+
+
+def test_overflowing_scores_are_a_divergence_not_nan():
+    from assocmem import DivergenceError
+
+    X = torch.full((4, 3), 1e30)
+    with pytest.raises(DivergenceError, match=r"query row\(s\) \[0, 1\].*overflow"):
+        streaming_retrieve(torch.full((2, 3), 1e30), X)

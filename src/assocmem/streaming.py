@@ -1,8 +1,9 @@
-"""Streaming Model B retrieval over banks larger than memory (KH eq. 13 and 16, spec "Model B").
+"""Streaming Model B retrieval over banks larger than memory (Krotov & Hopfield 2021, eq. 13 and 16).
 
 ``streaming_retrieve`` runs ``v <- xi^T softmax(beta xi v)`` chunk by chunk over the memory axis
 with an online log-sum-exp, so the memory it needs beyond the bank is bounded by the chunk size;
-``MemmapBank`` is a memory-mapped, verified bank file (safetensors layout) so K can exceed RAM;
+``MemmapBank`` is a memory-mapped, verified bank file (safetensors layout) so K can exceed RAM
+(``write_bank`` refuses empty banks and NaN/inf patterns);
 ``StreamingMemory`` recalls from such a bank and gets its energies from the same pass.
 """
 from __future__ import annotations
@@ -64,6 +65,10 @@ def write_bank(path, patterns, *, dtype: torch.dtype | None = None, n_memories: 
     ``dtype``: stored dtype (float32, float64, float16 or bfloat16; default that of the patterns, or
     float32). ``checksum``: store a BLAKE2b-128 digest of every 64 MiB block, checked by
     :meth:`MemmapBank.verify`. The file is a valid safetensors file with one tensor ``xi``.
+
+    Refuses (``ValueError``, nothing written) an empty bank and non-finite patterns, including finite
+    values that overflow the stored dtype (float16 holds at most 65504): a NaN or inf pattern would
+    make every retrieval from the bank NaN.
     """
     path = os.fspath(path)
     N0, K0, blocks = _as_blocks(patterns, n_features)
@@ -107,6 +112,11 @@ def write_bank(path, patterns, *, dtype: torch.dtype | None = None, n_memories: 
                 if rows + b.shape[0] > K:
                     raise ValueError(f"patterns: the blocks hold more than n_memories = {K} rows")
                 b = b.detach().to(device="cpu", dtype=dtype).contiguous()
+                if not all_finite(b):  # finite input that the stored dtype cannot hold (float16 max 65504)
+                    bad = (~torch.isfinite(b)).any(-1).nonzero().flatten()
+                    raise ValueError(f"patterns block {i}: row {rows + int(bad[0])} becomes inf when stored as "
+                                     f"{str(dtype).replace('torch.', '')} (largest {torch.finfo(dtype).max:.6g}); "
+                                     "expected values within the stored dtype's range (or a wider dtype=)")
                 raw = (b.view(torch.int16) if dtype == torch.bfloat16 else b).numpy().tobytes()
                 fh.write(raw)
                 rows += b.shape[0]
@@ -145,9 +155,12 @@ class MemmapBank:
     """A (K, N) pattern bank in a file, memory-mapped read-only: rows are read from disk as they are
     used, so K may exceed RAM. Opening checks the header, dtype, shape and that the file size is
     exactly what they imply (a truncated or padded file raises :class:`~assocmem.CorruptBankError`
-    and nothing is mapped). ``verify`` re-hashes the data against the stored BLAKE2b digests:
-    ``True`` always, ``False`` never, ``None`` (default) for banks up to 256 MiB; for huge banks
-    call :meth:`verify` when the read is worth it (it reads the whole file).
+    and nothing is mapped). ``verify`` re-hashes the data against the stored BLAKE2b digests and
+    checks that every value is finite: ``True`` always, ``False`` never, ``None`` (default) for
+    banks up to 256 MiB (a bank without checksums is then read for NaN and inf only); for huge banks
+    call :meth:`verify` when the read is worth it (it reads the whole file). A retrieval that comes
+    out non-finite reads the bank for NaN and inf before it reports an overflow, so a damaged huge
+    bank is named too.
     """
 
     def __init__(self, path, verify: bool | None = None):
@@ -192,7 +205,10 @@ class MemmapBank:
         if self._checksums is not None and (self._block_rows < 1 or len(self._checksums) != -(-K // self._block_rows)):
             raise CorruptBankError(f"{self.path}: {len(self._checksums)} checksums for {K} rows in blocks of {self._block_rows}; header is inconsistent")
         if verify or (verify is None and nbytes <= _VERIFY_AUTO_BYTES):
-            self.verify()
+            if self._checksums is not None or verify:
+                self.verify()
+            else:
+                self.check_finite()
         self.array = np.memmap(self.path, dtype=_NP_STORAGE[st], mode="r", offset=self._offset, shape=(K, N))
 
     @property
@@ -210,26 +226,64 @@ class MemmapBank:
         return f"MemmapBank({self.path!r}, shape={self.shape}, dtype={str(self.dtype).replace('torch.', '')})"
 
     def verify(self) -> None:
-        """Re-hash every block and compare with the stored digests; raise CorruptBankError naming the
-        first bad block. A bank written with ``checksum=False`` has nothing to compare: ValueError."""
+        """Re-hash every block and compare with the stored digests, and check that every value is
+        finite (the same read); raise CorruptBankError naming the first bad block or row. A bank
+        written with ``checksum=False`` has nothing to compare: ValueError (:meth:`check_finite`
+        still reads it for NaN and inf)."""
         if self._checksums is None:
-            raise ValueError(f"{self.path}: written without checksums; nothing to verify against (its size and header were checked)")
-        itemsize = np.dtype(_NP_STORAGE[_ST_DTYPES[self.dtype]]).itemsize
-        block_bytes = self._block_rows * self.n_features * itemsize
+            raise ValueError(f"{self.path}: written without checksums; nothing to verify against (its size and header "
+                             "were checked; check_finite() reads it for NaN and inf)")
+        self._scan(self._checksums)
+
+    def check_finite(self) -> None:
+        """Read the whole bank and raise CorruptBankError naming the first row that holds NaN or inf
+        (:func:`write_bank` refuses them, so such a file was written by something else)."""
+        self._scan(None)
+
+    def _scan(self, checksums: list[str] | None) -> None:
+        st = _ST_DTYPES[self.dtype]
+        np_dt = np.dtype(_NP_STORAGE[st])
+        row_bytes = self.n_features * np_dt.itemsize
+        block_rows = self._block_rows if checksums is not None else max(1, (8 << 20) // row_bytes)
+        block_bytes = block_rows * row_bytes
+        n_blocks = -(-self.n_memories // block_rows)
         with open(self.path, "rb") as fh:
             fh.seek(self._offset)
-            for i, want in enumerate(self._checksums):
+            for i in range(n_blocks):
                 h = hashlib.blake2b(digest_size=16)
                 left = min(block_bytes, self.nbytes - i * block_bytes)
+                row0 = i * block_rows
+                tail = b""
                 while left:
                     buf = fh.read(min(left, 8 << 20))
                     if not buf:
                         raise CorruptBankError(f"{self.path}: ends inside block {i}; truncated")
                     h.update(buf)
                     left -= len(buf)
-                if h.hexdigest() != want:
-                    lo = i * self._block_rows
-                    raise CorruptBankError(f"{self.path}: checksum mismatch in block {i} (rows {lo}..{min(self.n_memories, lo + self._block_rows) - 1}); the data was altered")
+                    data = tail + buf
+                    whole = len(data) - len(data) % row_bytes
+                    self._check_rows(data[:whole], np_dt, row0)
+                    row0 += whole // row_bytes
+                    tail = data[whole:]
+                if checksums is not None and h.hexdigest() != checksums[i]:
+                    lo = i * block_rows
+                    raise CorruptBankError(f"{self.path}: checksum mismatch in block {i} (rows {lo}..{min(self.n_memories, lo + block_rows) - 1}); the data was altered")
+
+    def _check_rows(self, raw: bytes, np_dt: np.dtype, row0: int) -> None:
+        if not raw:
+            return
+        a = np.frombuffer(raw, dtype=np_dt)
+        if self.dtype == torch.bfloat16:  # bfloat16 stored as uint16: exponent bits all ones = inf/NaN
+            bad = (a & 0x7F80) == 0x7F80
+        else:
+            with np.errstate(invalid="ignore"):
+                if np.isfinite(np.max(np.abs(a))):  # one reduction when all is well
+                    return
+            bad = ~np.isfinite(a)
+        if bad.any():
+            row = row0 + int(np.flatnonzero(bad)[0]) // self.n_features
+            raise CorruptBankError(f"{self.path}: row {row} holds NaN or inf; expected finite patterns "
+                                   "(write_bank refuses them; this file was written or altered by something else)")
 
     def rows(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """A copy of rows start:stop as a torch tensor of the stored dtype."""
@@ -243,7 +297,17 @@ class MemmapBank:
 
 
 def _bank_source(bank):
-    """(numpy array or torch tensor, is_bf16, torch dtype, (K, N)) for any supported bank type."""
+    """(numpy array or torch tensor, is_bf16, torch dtype, (K, N)) for any supported bank type;
+    an empty bank (K = 0 or N = 0) raises ValueError."""
+    src = _bank_source_any(bank)
+    K, N = src[3]
+    if K == 0 or N == 0:
+        raise ValueError(f"bank: got {describe(bank)}, an empty bank; expected at least one stored pattern "
+                         "of size N >= 1")
+    return src
+
+
+def _bank_source_any(bank):
     if isinstance(bank, MemmapBank):
         return bank.array, bank.dtype == torch.bfloat16, bank.dtype, bank.shape
     if isinstance(bank, np.ndarray):
@@ -273,6 +337,12 @@ def streaming_retrieve(query, bank, beta=1.0, chunk_size: int | None = None, *, 
     ``return_lse`` also returns ``logsumexp(beta xi q)`` per query (the energy of KH eq. 13 is
     ``1/2 q.q - lse / beta``). ``lse_only`` computes only the log-sum-exp (one product, half the
     work) and returns it alone.
+
+    Queries must be finite and the bank non-empty (``ValueError``). The bank's values are not read
+    ahead, but the result is checked (B x N values): a NaN or inf result is explained by reading the
+    bank, as ``ValueError`` naming the first non-finite row of a bank in memory,
+    ``CorruptBankError`` for a :class:`MemmapBank`, or ``DivergenceError`` when ``beta q.xi``
+    overflows.
     """
     src, bf16, kdt, (K, N) = _bank_source(bank)
     q = check_tensor("query", query, ndim=(1, 2), expected=f"shape ({N},) or (B, {N})")
@@ -300,6 +370,8 @@ def streaming_retrieve(query, bank, beta=1.0, chunk_size: int | None = None, *, 
         m, l, acc = _kernels.partial_torch((q.to(dev, cdt) * beta), keys, None, chunk, cdt, lse_only)
         lse = m + torch.log(l)
         out = None if lse_only else acc / l.unsqueeze(-1)
+    if not all_finite(lse) or (out is not None and not all_finite(out)):
+        _diagnose(bank, src, out, lse, beta)
     lse = lse.to(q.device)
     if lse_only:
         return lse[0] if single else lse
@@ -307,6 +379,36 @@ def streaming_retrieve(query, bank, beta=1.0, chunk_size: int | None = None, *, 
     if single:
         out, lse = out[0], lse[0]
     return (out, lse) if return_lse else out
+
+
+def _first_bad_row(src) -> int | None:
+    """The first row of an in-memory bank that holds NaN or inf, read in 16 MiB slices; None if none."""
+    K, N = src.shape
+    step = max(1, (16 << 20) // max(1, N * 4))
+    for lo in range(0, K, step):
+        part = src[lo:lo + step]
+        t = torch.from_numpy(np.ascontiguousarray(part)) if isinstance(part, np.ndarray) else part
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            return lo + int(bad.any(-1).nonzero()[0])
+    return None
+
+
+def _diagnose(bank, src, out, lse, beta) -> None:
+    """Raise the error that explains a non-finite retrieval from finite queries: the bank holds NaN
+    or inf (CorruptBankError for a bank file, ValueError for one in memory), or the scores
+    ``beta q.xi`` overflow (DivergenceError)."""
+    bad_t = ~torch.isfinite(lse) if out is None else (~torch.isfinite(out)).any(-1) | ~torch.isfinite(lse)
+    rows = bad_t.nonzero().flatten()[:10].tolist()
+    if isinstance(bank, MemmapBank):
+        bank.check_finite()  # raises CorruptBankError naming the row
+    else:
+        r = _first_bad_row(src)
+        if r is not None:
+            raise ValueError(f"bank: row {r} holds NaN or inf (the retrieval gave NaN for query row(s) {rows}); "
+                             "expected finite patterns")
+    raise DivergenceError(f"streaming retrieval produced NaN or inf for query row(s) {rows}: the scores beta * q.xi "
+                          f"(beta = {beta:g}) overflow; rescale the queries or the bank")
 
 
 class _NumpyRows:
