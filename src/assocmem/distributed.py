@@ -10,12 +10,14 @@ under torchrun for a self-check and timing (see ``docs/distributed.md``).
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import json
 import math
 import os
 import sys
 import time
+from numbers import Real
 
 import numpy as np
 import torch
@@ -25,7 +27,43 @@ from . import _kernels
 from ._validation import DivergenceError, as_batch, check_int, check_positive, check_tensor, describe
 from .models import RecallResult
 
-__all__ = ["ShardedMemory", "shard_range", "init_from_env", "shutdown"]
+__all__ = ["ShardedMemory", "shard_range", "init_from_env", "shutdown", "DEFAULT_TIMEOUT"]
+
+# How long a collective waits for the other ranks before it fails. torch's own default is 30 minutes
+# (10 for NCCL); a rank that stopped (SIGSTOP, a debugger, a swapped-out node) then holds every other
+# rank that long. Five minutes covers the slowest step measured (a 10^7 x 64 bank, about 12 s per
+# pass on 2 cores) and a rank still loading a large bank from disk many times over.
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
+
+
+def as_timeout(timeout) -> datetime.timedelta:
+    """``timeout`` (a ``datetime.timedelta`` or seconds) as a positive, finite ``timedelta``."""
+    if isinstance(timeout, datetime.timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, Real) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(f"timeout: got {describe(timeout)}; expected a datetime.timedelta or a number of seconds")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"timeout: got {timeout!r}; expected a positive, finite duration")
+    return datetime.timedelta(seconds=seconds)
+
+
+_TIMED_OUT = ("timed out", "timeout")  # gloo: "Timed out waiting 2000ms for recv"; NCCL: "Watchdog caught collective operation timeout"
+
+
+def _all_reduce(t: torch.Tensor, op, group) -> None:
+    """``dist.all_reduce`` whose timeout (a rank that stopped or died) is a ``TimeoutError`` saying so."""
+    try:
+        dist.all_reduce(t, op=op, group=group)
+    except RuntimeError as e:  # gloo and NCCL report a timed-out collective as RuntimeError (DistBackendError)
+        text = str(e)
+        if not any(w in text.lower() for w in _TIMED_OUT):
+            raise
+        first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+        raise TimeoutError(f"ShardedMemory on rank {dist.get_rank(group)}: the other ranks did not join a collective "
+                           "within the process group's timeout (a rank stopped, died or is far behind; see "
+                           f"init_from_env(timeout=)); the group cannot be used after this ({first})") from e
 
 
 def shard_range(K: int, rank: int, world: int) -> tuple[int, int]:
@@ -39,16 +77,23 @@ def shard_range(K: int, rank: int, world: int) -> tuple[int, int]:
     return lo, lo + base + (1 if rank < extra else 0)
 
 
-def init_from_env(backend: str | None = None):
+def init_from_env(backend: str | None = None, timeout=DEFAULT_TIMEOUT):
     """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
     ``MASTER_ADDR``...). Backend: NCCL when CUDA is available, else gloo. Returns
-    ``(rank, world_size, device)`` (the GPU ``LOCAL_RANK`` under NCCL, else the CPU)."""
+    ``(rank, world_size, device)`` (the GPU ``LOCAL_RANK`` under NCCL, else the CPU).
+
+    ``timeout`` (a ``datetime.timedelta`` or seconds; default :data:`DEFAULT_TIMEOUT`, 5 minutes)
+    bounds how long the rendezvous and every collective (each ``ShardedMemory`` step) wait for the
+    other ranks: when a rank stops or dies, the others raise :class:`TimeoutError` after it instead
+    of waiting torch's default 30 minutes. Where the group already exists it is used as it is (its
+    own timeout applies)."""
+    timeout = as_timeout(timeout)
     if not dist.is_initialized():
         if backend is None:
             backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timeout)
     device = torch.device("cpu")
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -69,7 +114,9 @@ class ShardedMemory(torch.nn.Module):
 
     ``step``, ``energy`` and ``recall`` are collective: every rank of ``group`` must call them with
     the same queries, and every rank gets the full result. Per step the communication is one
-    all-reduce (MAX) of B numbers and one all-reduce (SUM) of B (N + 1) numbers.
+    all-reduce (MAX) of B numbers and one all-reduce (SUM) of B (N + 1) numbers. A collective that
+    the other ranks do not join within the group's timeout (``init_from_env(timeout=)``) raises
+    ``TimeoutError``.
 
     >>> # under torchrun: rank, world, device = init_from_env()
     >>> # mem = ShardedMemory.from_full(xi, beta=1.0)       # each rank keeps its slice
@@ -89,9 +136,9 @@ class ShardedMemory(torch.nn.Module):
         # every rank must agree on N; the global K is summed (one collective at construction)
         shape = torch.tensor([x.shape[0], x.shape[1], -x.shape[1]], dtype=torch.float64, device=x.device)
         k = shape[:1].clone()
-        dist.all_reduce(k, op=dist.ReduceOp.SUM, group=group)
+        _all_reduce(k, dist.ReduceOp.SUM, group)
         nn_ = shape[1:].clone()
-        dist.all_reduce(nn_, op=dist.ReduceOp.MAX, group=group)
+        _all_reduce(nn_, dist.ReduceOp.MAX, group)
         if int(nn_[0]) != x.shape[1] or int(-nn_[1]) != x.shape[1]:
             raise ValueError(f"xi_local: got {describe(x)} on rank {dist.get_rank(group)}; expected the same pattern size N on every rank")
         self.n_memories = int(k.item())
@@ -141,10 +188,10 @@ class ShardedMemory(torch.nn.Module):
     def _merge(self, q):
         m, l, acc = self.local_partial(q)
         mx = m.clone()
-        dist.all_reduce(mx, op=dist.ReduceOp.MAX, group=self.group)
+        _all_reduce(mx, dist.ReduceOp.MAX, self.group)
         w = torch.exp(m - mx)  # 0 on ranks whose shard is empty (m = -inf)
         buf = torch.cat([(l * w).unsqueeze(-1), acc * w.unsqueeze(-1)], dim=-1)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
+        _all_reduce(buf, dist.ReduceOp.SUM, self.group)
         return buf[:, 1:] / buf[:, :1], mx + torch.log(buf[:, 0])
 
     def step(self, x) -> torch.Tensor:
@@ -204,8 +251,10 @@ def _main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="rank 0 writes the results here (torch.save)")
     p.add_argument("--json", default=None, help="rank 0 writes the timings here")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT.total_seconds(),
+                   help=f"seconds a collective waits for the other ranks (default {DEFAULT_TIMEOUT.total_seconds():g})")
     a = p.parse_args(argv)
-    rank, world, device = init_from_env()
+    rank, world, device = init_from_env(timeout=a.timeout)
     g = torch.Generator().manual_seed(a.seed)
     xi = (torch.randint(0, 2, (a.n_memories, a.n_features), generator=g) * 2 - 1).float()
     idx = torch.randint(0, a.n_memories, (a.batch,), generator=g)
