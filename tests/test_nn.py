@@ -1056,3 +1056,19 @@ def test_compat_equals_hflayers_itself(i):
     data = _data(kind, how, cfg.get("batch_first", True))
     torch.testing.assert_close(ours(data), theirs(data), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ours.get_association_matrix(data), theirs.get_association_matrix(data), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind,cfg", [("Hopfield", dict(input_size=8, num_heads=2)),
+                                      ("HopfieldPooling", dict(input_size=20, hidden_size=8, num_heads=8, update_steps_max=3)),
+                                      ("HopfieldLayer", dict(input_size=8, quantity=5, lookup_weights_as_separated=True))])
+def test_compat_draws_hflayers_initial_weights_from_the_same_seed(kind, cfg):
+    """The same random draws in the same order: a seeded hflayers model and a seeded compat model start
+    from the same weights and leave the generator in the same state (so whole training runs pair up)."""
+    hf = pytest.importorskip("hflayers")
+    torch.manual_seed(5)
+    theirs, after_theirs = getattr(hf, kind)(**cfg), torch.rand(3)
+    torch.manual_seed(5)
+    ours, after_ours = getattr(C, kind)(**cfg), torch.rand(3)
+    for (k, a), b in zip(theirs.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(after_theirs, after_ours)

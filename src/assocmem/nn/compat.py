@@ -108,6 +108,7 @@ class _AssociationCore(nn.Module):
         else:
             self.register_parameter("in_proj_bias", None)
         self.out_proj = None if disable_out_projection else nn.Linear(pat, out_dim, bias=bias)
+        self.reset_parameters()  # as hopfield-layers' core does: the same random draws, in the same order
 
     def reset_parameters(self) -> None:
         """hopfield-layers' initialisation: projections N(0, 0.02^2), biases 0, LayerNorm scale 1 and shift 0."""
