@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from . import _kernels
-from ._validation import DivergenceError, as_batch, check_int, check_positive, check_tensor, describe
-from .models import RecallResult
+from ._validation import as_batch, check_int, check_positive, check_tensor, describe
+from .recall import RecallResult, recall_loop
 
 __all__ = ["ShardedMemory", "shard_range", "init_from_env", "shutdown", "DEFAULT_TIMEOUT"]
 
@@ -208,33 +208,25 @@ class ShardedMemory(torch.nn.Module):
         return e[0] if single else e
 
     def recall(self, cue, max_steps: int = 100, tol: float = 1e-6) -> RecallResult:
-        """Iterate ``step`` until no state moves by more than ``tol`` (every rank sees the same
-        numbers, so every rank stops at the same step). Energies come from the log-sum-exp of each
-        pass, plus one pass for the final states."""
+        """Iterate ``step`` until no state moves by more than ``tol`` (max |dx|), with the recall loop
+        every Model B source shares (:func:`assocmem.recall.recall_loop`). Every rank sees the same
+        merged numbers, so every rank takes the same steps and collectives. Energies come from the
+        log-sum-exp of each pass; the final states' energies take one more (collective) pass, made
+        here on every rank rather than when the trace is first read."""
         q, single = self._prepare("cue", cue)
         max_steps = check_int("max_steps", max_steps, minimum=0)
         tol = float(check_positive("tol", tol, allow_zero=True))
-        x = q.clone()
-        energies = []
-        converged = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        steps = 0
-        for s in range(1, max_steps + 1):
-            new, lse = self._merge(x)
-            if not bool(torch.isfinite(new).all()):
-                raise DivergenceError(f"recall produced non-finite states at step {s}")
-            energies.append(0.5 * (x * x).sum(-1) - lse / self.beta)
-            moved = (new - x).abs().amax(-1)
-            x = torch.where(converged.unsqueeze(-1), x, new)
-            converged = converged | (moved <= tol)
-            steps = s
-            if bool(converged.all()):
-                break
+        r = recall_loop(self._step_with_energy, self._energy, q, max_steps, tol, single=single)
+        r.energy = r.energy  # evaluated now: a collective every rank must join
+        return r
+
+    def _step_with_energy(self, x, clamp, cue):
+        new, lse = self._merge(x)
+        return new, 0.5 * (x * x).sum(-1) - lse / self.beta
+
+    def _energy(self, x):
         _, lse = self._merge(x)
-        energies.append(0.5 * (x * x).sum(-1) - lse / self.beta)
-        en = torch.stack(energies)
-        if single:
-            return RecallResult(x[0], steps, converged[0], en[:, 0])
-        return RecallResult(x, steps, converged, en)
+        return 0.5 * (x * x).sum(-1) - lse / self.beta
 
 
 # ---------------------------------------------------------------------------------------------------

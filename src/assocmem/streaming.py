@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 import tempfile
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -23,7 +21,8 @@ from . import _kernels
 from ._validation import (CorruptBankError, DivergenceError, all_finite, as_batch, check_int, check_positive, check_tensor,
                           describe)
 from ._io import fsync_dir as _fsync_dir
-from .models import RecallResult, _active_rows, _half_sq_norm, _max_abs_change
+from ._kernels import half_sq_norm
+from .recall import RecallResult, recall_loop
 
 __all__ = ["MemmapBank", "write_bank", "streaming_retrieve", "StreamingMemory"]
 
@@ -453,61 +452,38 @@ class StreamingMemory:
         return e[0] if single else e
 
     def recall(self, cue, max_steps: int = 100, tol: float = 1e-6, energy: bool = True) -> RecallResult:
+        """Iterate ``step`` from ``cue`` (in batches of ``batch_size`` cues) until no state moves by
+        more than ``tol`` (max |dx|) or ``max_steps``, with the recall loop every Model B source
+        shares (:func:`assocmem.recall.recall_loop`). The energy trace is read off each pass's
+        log-sum-exp; the final states' energies cost one more half pass, when the trace is first
+        read (``energy=False``: no trace, ``steps`` passes exactly)."""
         x, single = self._q("cue", cue)
         max_steps = check_int("max_steps", max_steps, minimum=0)
         tol = float(check_positive("tol", tol, allow_zero=True))
+        cdt = torch.float64 if (x.dtype == torch.float64 and self.bank_dtype == torch.float64) else torch.float32
+        x = x.to(cdt)
         bs = self.batch_size or x.shape[0]
-        parts = [self._recall_batch(x[i:i + bs], max_steps, tol, energy) for i in range(0, x.shape[0], bs)]
-        steps = max(p[1] for p in parts)
-        state = torch.cat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-        conv = torch.cat([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
+        parts = [recall_loop(self._step_with_energy, self._energy_cdt, x[i:i + bs], max_steps, tol)
+                 for i in range(0, x.shape[0], bs)]
+        steps = max(p.steps for p in parts)
+        state = torch.cat([p.state for p in parts]) if len(parts) > 1 else parts[0].state
+        conv = torch.cat([p.converged for p in parts]) if len(parts) > 1 else parts[0].converged
         if not energy:
-            en = torch.empty(0, state.shape[0])
-            return RecallResult(state[0], steps, conv[0], en[:, :0].reshape(0)) if single else RecallResult(state, steps, conv, en)
+            en = torch.empty(0, state.shape[0], dtype=cdt)
+            return RecallResult(state[0], steps, conv[0], en[:, 0]) if single else RecallResult(state, steps, conv, en)
 
         def trace() -> torch.Tensor:
-            # the final states' energies cost one more half pass (scores and log-sum-exp only), so they
-            # are computed when the trace is first read; rows that finished early share these values,
-            # and each batch's trace is padded with its final energy to stack to (steps + 1, B)
-            es = []
-            for xb, _, _, rows in parts:
-                final = self.energy(xb).to(xb.dtype)
-                en = torch.stack(rows + [final])
-                en = torch.where(torch.isnan(en), final.expand_as(en), en)
-                es.append(torch.cat([en, final.expand(steps + 1 - en.shape[0], -1)]))
+            # each batch's trace is padded with its final energies to stack to (steps + 1, B)
+            es = [torch.cat([p.energy, p.energy[-1:].expand(steps - p.steps, -1)]) for p in parts]
             en = torch.cat(es, dim=1)
             return en[:, 0] if single else en
 
         return RecallResult(state[0] if single else state, steps, conv[0] if single else conv, trace)
 
-    def _recall_batch(self, x, max_steps, tol, energy):
-        B = x.shape[0]
-        cdt = torch.float64 if (x.dtype == torch.float64 and self.bank_dtype == torch.float64) else torch.float32
-        x = x.to(cdt)
-        converged = torch.zeros(B, dtype=torch.bool)
-        rows = []  # row s: energy of x_s for the rows still moving at pass s + 1, NaN for finished ones
-        steps = 0
-        # the per-step bookkeeping avoids torch ops on B x N (they wake torch's OpenMP workers,
-        # whose spinning slows the next retrieval: see models._max_abs_change)
-        for s in range(1, max_steps + 1):
-            active, xa, _, _ = _active_rows(converged, x, None, x)
-            new, lse = streaming_retrieve(xa, self.bank, self.beta, self.chunk_size, return_lse=True)
-            if not all_finite(new):
-                raise DivergenceError(f"recall produced non-finite states at step {s}")
-            done = _max_abs_change(new, xa) <= tol
-            if active.numel() == B:
-                if energy:
-                    rows.append(_half_sq_norm(xa) - lse / self.beta)
-                x, converged = new, done
-            else:
-                if energy:
-                    e = torch.full((B,), math.nan, dtype=cdt)
-                    rows.append(e.index_copy(0, active, _half_sq_norm(xa) - lse / self.beta))
-                x = x.index_copy(0, active, new)
-                converged = converged.index_copy(0, active, done)
-            steps = s
-            if bool(converged.all()):
-                break
-        if steps == 0:  # x may still be (a view of) the caller's tensor
-            x = x.clone()
-        return x, steps, converged, rows
+    def _step_with_energy(self, x, clamp, cue):
+        new, lse = streaming_retrieve(x, self.bank, self.beta, self.chunk_size, return_lse=True)
+        return new, half_sq_norm(x).to(lse.dtype) - lse / self.beta
+
+    def _energy_cdt(self, x):
+        lse = streaming_retrieve(x, self.bank, self.beta, self.chunk_size, lse_only=True)
+        return (half_sq_norm(x).to(lse.dtype) - lse / self.beta).to(x.dtype)
