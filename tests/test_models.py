@@ -282,3 +282,278 @@ def test_recall_never_returns_or_writes_the_callers_tensor():
             assert r.state is not cue and r.state.data_ptr() != cue.data_ptr()
             r.state.add_(1.0)
             assert torch.equal(cue, keep)
+
+
+# 7. the sweep engine gives the recalls of the former per-neuron implementation ----------------------------
+# An independent reference: the asynchronous sweeps as DenseAssociativeMemory._step and
+# ClassicalHopfield._step computed them before the sweep engine (one randperm per sweep, every
+# neuron's energy comparison evaluated over all memories), copied here unchanged in substance.
+def _old_dense_sweep(xi, x, generator, clamp, F, n, beta):
+    K, N = xi.shape
+    bits = n * math.log2(N + 1) + math.log2(K) + 1
+    if F == "exp":
+        mode, work = "log", torch.float64 if xi.dtype == torch.float64 else torch.float32
+    elif bits < 23:
+        mode, work = "exact", torch.float32
+    elif bits < 52:
+        mode, work = "exact", torch.float64
+    else:
+        mode, work = "normalised", torch.float64
+    xt = xi.to(work).T.contiguous()
+    s = x.to(work).clone()
+    h = s @ xt
+    order = torch.randperm(N, generator=generator).tolist()
+    if mode == "normalised":
+        for i in order:
+            col, old = xt[i], s[:, i]
+            hp = h + (1.0 - old).unsqueeze(-1) * col
+            hn = h - (1.0 + old).unsqueeze(-1) * col
+            scale = torch.maximum(hp.abs().amax(-1, keepdim=True), hn.abs().amax(-1, keepdim=True)).clamp_min(1.0)
+            hp, hn = hp / scale, hn / scale
+            if F == "power":
+                pref = (hp.pow(n) - hn.pow(n)).sum(-1)
+            else:
+                pref = (torch.clamp(hp, min=0).pow(n) - torch.clamp(hn, min=0).pow(n)).sum(-1)
+            new = torch.where(pref > 0, 1.0, torch.where(pref < 0, -1.0, old)).to(s.dtype)
+            if clamp is not None:
+                new = torch.where(clamp[:, i], old, new)
+            h.addr_(new - old, col)
+            s[:, i] = new
+        return s.to(x.dtype)
+
+    def G(a):
+        if mode == "log":
+            return torch.logsumexp(beta * a, -1)
+        if F == "power":
+            return a.pow(n).sum(-1)
+        return torch.clamp(a, min=0).pow(n).sum(-1)
+
+    g = G(h)
+    for i in order:
+        old = s[:, i]
+        hq = torch.addr(h, old, xt[i], alpha=-2.0)
+        gq = G(hq)
+        pref = old * (g - gq)
+        new = torch.where(pref > 0, 1.0, torch.where(pref < 0, -1.0, old)).to(s.dtype)
+        if clamp is not None:
+            new = torch.where(clamp[:, i], old, new)
+        flip = new != old
+        if bool(flip.any()):
+            h = torch.where(flip.unsqueeze(-1), hq, h)
+            g = torch.where(flip, gq, g)
+            s[:, i] = new
+    return s.to(x.dtype)
+
+
+def _old_classical_sweep(xi, x, generator, clamp):
+    K, N = xi.shape
+    work = torch.float64 if (N * K >= 2**23 or xi.dtype == torch.float64) else torch.float32
+    w = xi.to(work).T @ xi.to(work)
+    w.fill_diagonal_(0)
+    s = x.to(work).clone()
+    u = s @ w
+    for i in torch.randperm(N, generator=generator).tolist():  # one neuron at a time, every field updated
+        old = s[:, i]
+        new = torch.where(u[:, i] > 0, 1.0, torch.where(u[:, i] < 0, -1.0, old))
+        if clamp is not None:
+            new = torch.where(clamp[:, i], old, new)
+        u.addr_(new - old, w[i])
+        s[:, i] = new
+    return s.to(x.dtype)
+
+
+def _old_recall(sweep, x, max_steps, generator, clamp=None):
+    """The former recall loop: sweeps of the rows still moving until a sweep changes nothing."""
+    x = x.clone()
+    converged = torch.zeros(x.shape[0], dtype=torch.bool)
+    steps = 0
+    for s in range(1, max_steps + 1):
+        active = (~converged).nonzero().flatten()
+        ca = None if clamp is None else clamp[active]
+        new = sweep(x[active], generator, ca)
+        converged[active] = (new == x[active]).all(-1)
+        x[active] = new
+        steps = s
+        if bool(converged.all()):
+            break
+    return x, converged, steps
+
+
+DENSE_CASES = [("power", 3, 1.0), ("power", 4, 1.0), ("rectified_power", 3, 1.0), ("power", 2, 1.0),
+               ("exp", 3, 0.5), ("exp", 3, 1.0), ("exp", 3, 1e3), ("power", 20, 1.0)]
+
+
+@pytest.mark.parametrize("F,n,beta", DENSE_CASES)
+@pytest.mark.parametrize("clamped", [False, True])
+def test_dense_recall_equals_former_implementation(F, n, beta, clamped):
+    """Same recalled states, convergence and sweep counts as the per-neuron sweeps the models used
+    before the sweep engine, for the same generator: exact and normalised powers, log-space exp,
+    very large beta and n, clamps, a load near and above capacity (some cues fail)."""
+    for K, N, B, frac, seed in ((150, 40, 24, 0.25, 1), (600, 64, 16, 0.3, 2)):
+        xi = pm1(K, N, seed=seed)
+        cue = flip(xi[:B], frac, seed + 10)
+        clamp = (torch.rand(B, N, generator=torch.Generator().manual_seed(seed)) < 0.2) if clamped else None
+        m = DenseAssociativeMemory(xi, F=F, n=n, beta=beta)
+        r = m.recall(cue, max_steps=8, clamp=clamp, generator=torch.Generator().manual_seed(seed + 3))
+        ref, conv, steps = _old_recall(lambda x, g, c: _old_dense_sweep(xi, x, g, c, F, n, beta), cue, 8,
+                                       torch.Generator().manual_seed(seed + 3), clamp)
+        assert torch.equal(r.state, ref), (K, N)
+        assert torch.equal(r.converged, conv) and r.steps == steps
+        # the energy trace is the energy of the states after every sweep
+        assert torch.equal(r.energy[-1], m.energy(r.state))
+
+
+@pytest.mark.parametrize("K,N,B,clamped", [(10, 100, 30, False), (40, 150, 40, True), (300, 120, 25, False)])
+def test_classical_recall_equals_former_implementation(K, N, B, clamped):
+    xi = pm1(K, N, seed=K)
+    cue = flip(xi[:B] if B <= K else pm1(B, N, seed=K + 1), 0.2, K + 2)
+    clamp = (torch.rand(N, generator=torch.Generator().manual_seed(K)) < 0.3).expand(B, N) if clamped else None
+    m = ClassicalHopfield(xi)
+    r = m.recall(cue, max_steps=30, clamp=clamp, generator=torch.Generator().manual_seed(7))
+    ref, conv, steps = _old_recall(lambda x, g, c: _old_classical_sweep(xi, x, g, c), cue, 30,
+                                   torch.Generator().manual_seed(7), clamp)
+    assert torch.equal(r.state, ref) and torch.equal(r.converged, conv) and r.steps == steps
+    assert torch.equal(r.energy[-1], m.energy(r.state))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("F", ["power", "exp"])
+def test_dense_recall_at_benchmark_size_equals_former_implementation(F):
+    """The benchmark's problem (benchmarks/bench_dense_recall.py): 32 cues, 20 % flipped, over 10,000
+    patterns of N = 784, F = x^3 and exp (beta = 1): the same states as the former sweeps."""
+    g = torch.Generator().manual_seed(0)
+    xi = torch.randint(0, 2, (10_000, 784), generator=g).float() * 2 - 1
+    cue = xi[:32].clone()
+    idx = torch.rand(32, 784, generator=g).argsort(-1)[:, :156]
+    cue.scatter_(1, idx, -cue.gather(1, idx))
+    r = DenseAssociativeMemory(xi, F=F, n=3).recall(cue, generator=torch.Generator().manual_seed(1))
+    ref, conv, steps = _old_recall(lambda x, gen, c: _old_dense_sweep(xi, x, gen, c, F, 3, 1.0), cue, 100,
+                                   torch.Generator().manual_seed(1))
+    assert torch.equal(r.state, ref) and torch.equal(r.converged, conv) and r.steps == steps
+    assert torch.equal(r.state, xi[:32])
+
+
+@pytest.mark.parametrize("F", ["power", "rectified_power", "exp"])
+@pytest.mark.parametrize("beta", [0.37, 1.0, 20.0, 400.0])
+def test_exact_ties_keep_the_state(F, beta):
+    """Flipping neuron 0 of s = (1, 1, 1) with memories (1, 1, 1) and (-1, 1, 1) turns the overlaps
+    {3, 1} into {1, 3}: the energy is unchanged for every F, so the KH2016 rule keeps s_0 (rounding in
+    a log-sum-exp must not decide it)."""
+    xi = torch.tensor([[1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])
+    m = DenseAssociativeMemory(xi, F=F, n=3, beta=beta)
+    s = torch.ones(4, 3)
+    for seed in range(4):
+        assert torch.equal(m.step(s, generator=torch.Generator().manual_seed(seed)), s)
+
+
+def test_sweep_numerics_are_chosen_by_what_fits():
+    from assocmem.models.sweep import OverlapSweeps
+
+    assert DenseAssociativeMemory(pm1(50, 30), F="power", n=3)._work == torch.float32  # 2 x 50 x 3 x 32^2 < 2^24
+    assert DenseAssociativeMemory(pm1(50, 30), F="power", n=3, dtype=torch.float64)._mode == "exact"
+    assert DenseAssociativeMemory(pm1(50, 300), F="power", n=4)._work == torch.float64
+    assert DenseAssociativeMemory(pm1(50, 300), F="power", n=20)._mode == "scaled"
+    assert DenseAssociativeMemory(pm1(50, 300), F="exp", beta=2.0)._mode == "log"
+    assert DenseAssociativeMemory(pm1(50, 300), F="exp", beta=1e3)._mode == "direct"
+    with pytest.raises(TypeError, match="lagrangian_h"):
+        OverlapSweeps(pm1(5, 8), Tanh(1.0))
+
+
+def test_grouped_sweeps_equal_one_model_per_group():
+    """The capacity lab's use: several pattern sets of different sizes (zero-padded) in one run, each
+    row with its own set, give every row the recall of its own model."""
+    from assocmem.models import hidden_lagrangian
+    from assocmem.models.sweep import OverlapSweeps, run_sweeps
+
+    N, Ks = 36, [20, 90, 55]
+    xis = [pm1(k, N, seed=70 + j) for j, k in enumerate(Ks)]
+    cues = [flip(x[:6], 0.25, 80 + j) for j, x in enumerate(xis)]
+    stacked = torch.zeros(3, max(Ks), N)
+    for j, x in enumerate(xis):
+        stacked[j, : len(x)] = x
+    group = torch.tensor([2, 0, 1]).repeat_interleave(6)  # rows not sorted by group
+    s0 = torch.cat([cues[2], cues[0], cues[1]])
+    for fname, n, beta in (("power", 3, 1.0), ("exp", 3, 0.7), ("power", 20, 1.0)):
+        run = run_sweeps(OverlapSweeps(stacked, hidden_lagrangian(fname, n, beta), torch.tensor(Ks)), s0, 5,
+                         torch.Generator().manual_seed(4), group=group)
+        for j, rows in ((2, slice(0, 6)), (0, slice(6, 12)), (1, slice(12, 18))):
+            r = DenseAssociativeMemory(xis[j], F=fname, n=n, beta=beta).recall(cues[j], max_steps=5,
+                                                                                generator=torch.Generator().manual_seed(4))
+            assert torch.equal(run.state[rows], r.state), (fname, j)
+            assert torch.equal(run.converged[rows], r.converged)
+
+
+# 8. a cue that requires grad ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda X: ClassicalHopfield(X), lambda X: DenseAssociativeMemory(X, n=3),
+                                  lambda X: DenseAssociativeMemory(X, F="exp", beta=0.5)])
+def test_binary_models_take_a_cue_that_requires_grad_by_value(make):
+    """ClassicalHopfield.recall/step failed on such a cue ('sub(): functions with out=... don't support
+    automatic differentiation'); the binary sweeps use it by value, as documented, like the other
+    models accept it."""
+    X = pm1(6, 40, seed=3)
+    m = make(X)
+    cue = flip(X[:3], 0.1, 3)
+    g_cue = cue.clone().requires_grad_(True)
+    r = m.recall(g_cue, generator=torch.Generator().manual_seed(0))
+    ref = m.recall(cue, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(r.state, ref.state) and not r.state.requires_grad
+    s = m.step(g_cue, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(s, m.step(cue, generator=torch.Generator().manual_seed(1)))
+    assert g_cue.grad is None and torch.equal(g_cue.detach(), cue)
+
+
+# 9. declared Lagrangians, the registry, bank declarations -----------------------------------------------------
+def test_models_declare_their_lagrangians_and_the_network_follows():
+    from assocmem.lagrangians import Abs, Exp, LogSumExp, Power, Quadratic
+
+    X = pm1(8, 12, seed=4, dtype=torch.float64)
+    cases = [(ClassicalHopfield(X), Abs, Quadratic), (DenseAssociativeMemory(X, F="exp", beta=0.3), Abs, Exp),
+             (DenseAssociativeMemory(X, n=4), Abs, Power), (ModernHopfield(X, beta=0.4), Quadratic, LogSumExp),
+             (SphericalMemory(X, n=4, alpha=2.0), Spherical, Power)]
+    for m, lv, lh in cases:
+        assert type(m.lagrangian_v) is lv and type(m.lagrangian_h) is lh
+        net = m.as_network(tau_f=1.0, tau_h=0.1)
+        assert net.lagrangian_h is m.lagrangian_h
+    assert cases[-1][0].as_network().alpha == 2.0
+    torch.testing.assert_close(cases[0][0].as_network().xi, X / math.sqrt(12))
+
+
+def test_registry_builds_every_named_model():
+    from assocmem.models import by_name, entry, names
+
+    assert names()[:6] == ("classical", "dense", "dense-power", "dense-exp", "modern", "spherical")
+    X = pm1(10, 16, seed=5)
+    for name in names():
+        m = by_name(name, X)
+        assert isinstance(m, entry(name).cls) and m.binary == entry(name).binary
+    assert by_name("dense-exp", X, beta=0.25).F == "exp" and by_name("dense-exp", X, beta=0.25).beta == 0.25
+    assert by_name("dense-power", X, n=5).n == 5
+    assert by_name("spherical", X, F="exp", beta=2.0).F == "exp"
+    with pytest.raises(ValueError, match="model: got 'hopfield'"):
+        by_name("hopfield", X)
+    with pytest.raises(ValueError, match="F: got 'power' for model 'dense-exp'"):
+        by_name("dense-exp", X, F="power")
+    with pytest.raises(TypeError, match="gamma: model 'modern'"):
+        by_name("modern", X, gamma=2.0)
+
+
+def test_bank_declarations_keep_the_stored_configuration():
+    """Each class states what it stores, with the keys bank.py stored before the classes did, so
+    banks saved by earlier versions load."""
+    X = pm1(6, 8, seed=6)
+    want = {
+        ClassicalHopfield(X): {},
+        DenseAssociativeMemory(X, F="exp", n=4, beta=0.7): {"F": "exp", "n": 4, "beta": 0.7, "tau_f": 1.0, "dt": 0.1,
+                                                            "lagrangian_v": None},
+        DenseAssociativeMemory(X, lagrangian_v=Tanh(3.0), dt=0.05): {"F": "power", "n": 3, "beta": 1.0, "tau_f": 1.0,
+                                                                     "dt": 0.05, "lagrangian_v": {"name": "Tanh", "beta": 3.0}},
+        ModernHopfield(X, beta=0.3): {"beta": 0.3},
+        SphericalMemory(X, F="exp", n=5, alpha=0.5, beta=2.0): {"F": "exp", "n": 5, "alpha": 0.5, "beta": 2.0},
+    }
+    for m, cfg in want.items():
+        got, tensors = m._bank_config()
+        assert got == cfg and torch.equal(tensors["xi"], X)
+        back = type(m)._from_bank(got, tensors)
+        assert type(back) is type(m) and torch.equal(back.xi, m.xi) and back._bank_config()[0] == cfg
+        with pytest.raises(ValueError, match="unexpected keys"):
+            type(m)._from_bank({**got, "extra": 1}, tensors)

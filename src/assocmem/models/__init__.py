@@ -8,7 +8,8 @@ limit of); ``by_name`` builds one from its name (``names()``).
 """
 from __future__ import annotations
 
-from .base import AssociativeMemory, RecallResult, _active_rows, _check_patterns, _half_sq_norm, _max_abs_change
+# the private names are kept for the modules that import them from here (streaming, distributed)
+from .base import AssociativeMemory, RecallResult, _active_rows, _check_patterns, _half_sq_norm, _max_abs_change  # noqa: F401
 from .classical import ClassicalHopfield
 from .dense import F_CHOICES, DenseAssociativeMemory, hidden_lagrangian
 from .modern import ModernHopfield

@@ -24,7 +24,7 @@ from .._validation import (
 from ..bank import Storable
 from ..lagrangians import Lagrangian
 from ..network import TwoLayerNetwork
-from . import sweep as _sweep
+from .sweep import run_sweeps
 
 __all__ = ["RecallResult", "AssociativeMemory"]
 
@@ -195,7 +195,7 @@ class AssociativeMemory(Storable, nn.Module, abc.ABC):
         t, single = self._prepare("x", x)
         c = self._prepare_clamp(clamp, t.shape[0])
         if self.binary:
-            out = _sweep.run_sweeps(self._sweep_kernel(), t, 1, generator, clamp=c).state
+            out = run_sweeps(self._sweep_kernel(), t, 1, generator, clamp=c).state
         else:
             out = guard_result("step", self._step(t.clone() if self._step_writes_state else t, generator, c, t))
         return out[0] if single else out
@@ -260,7 +260,7 @@ class AssociativeMemory(Storable, nn.Module, abc.ABC):
 
     def _recall_sweeps(self, x, single, max_steps, tol, clamp, generator) -> RecallResult:
         # a sweep changes a state by 0 or by 2 in some entry: with tol >= 2 every row ends after one
-        run = _sweep.run_sweeps(self._sweep_kernel(), x, max_steps, generator, clamp=clamp,
+        run = run_sweeps(self._sweep_kernel(), x, max_steps, generator, clamp=clamp,
                                 energy=self._sweep_energy, stop_on_flip=tol < 2.0)
         if single:
             return RecallResult(run.state[0], run.steps, run.converged[0], run.energy[:, 0])

@@ -10,7 +10,7 @@ import torch
 
 from ..bank import check_config
 from ..lagrangians import Abs, Quadratic
-from . import registry
+from .registry import register
 from .base import AssociativeMemory
 from .sweep import FieldSweeps, hebbian_couplings
 
@@ -76,5 +76,5 @@ class ClassicalHopfield(AssociativeMemory):
         return -0.5 * su / self.n_features
 
 
-registry.register("classical", ClassicalHopfield, binary=True,
+register("classical", ClassicalHopfield, binary=True,
                   summary="Hopfield 1982, T = xi^T xi / N (KH eq. 8, n = 2), asynchronous sign sweeps")

@@ -11,7 +11,7 @@ from ..integrators import rk4_step
 from .._validation import check_choice, check_int, check_positive, describe
 from ..bank import check_config
 from ..lagrangians import Abs, Exp, Lagrangian, Power, RectifiedPower, from_spec
-from . import registry
+from .registry import register
 from .base import AssociativeMemory
 from .sweep import OverlapSweeps
 
@@ -126,9 +126,9 @@ class DenseAssociativeMemory(AssociativeMemory):
         return out
 
 
-registry.register("dense", DenseAssociativeMemory, binary=True,
+register("dense", DenseAssociativeMemory, binary=True,
                   summary="Dense AM, F(x) = x^n, max(x, 0)^n or exp(beta x)/beta (KH eq. 8), binary sweeps")
-registry.register("dense-power", DenseAssociativeMemory, fixed={"F": "power"}, binary=True,
+register("dense-power", DenseAssociativeMemory, fixed={"F": "power"}, binary=True,
                   summary="Dense AM, F(x) = x^n (KH eq. 8), binary sweeps (KH 2016 rule)")
-registry.register("dense-exp", DenseAssociativeMemory, fixed={"F": "exp"}, binary=True,
+register("dense-exp", DenseAssociativeMemory, fixed={"F": "exp"}, binary=True,
                   summary="Dense AM, F(x) = exp(beta x) / beta, binary sweeps")

@@ -11,7 +11,7 @@ from .._kernels import half_sq_norm
 from .._validation import check_positive
 from ..bank import check_config
 from ..lagrangians import LogSumExp, Quadratic
-from . import registry
+from .registry import register
 from .base import AssociativeMemory
 
 __all__ = ["ModernHopfield"]
@@ -70,4 +70,4 @@ class ModernHopfield(AssociativeMemory):
         return out, e
 
 
-registry.register("modern", ModernHopfield, summary="modern Hopfield, v <- xi^T softmax(beta xi v) (KH eq. 16)")
+register("modern", ModernHopfield, summary="modern Hopfield, v <- xi^T softmax(beta xi v) (KH eq. 16)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from .._validation import check_choice, describe
+from .._validation import check_choice
 
 __all__ = ["ModelEntry", "register", "names", "entry", "by_name"]
 
@@ -64,7 +64,7 @@ def by_name(name: str, patterns, **kwargs):
     for k, v in kwargs.items():
         if k in e.fixed:
             if v != e.fixed[k]:
-                raise ValueError(f"{k}: got {describe(v)} for model {name!r}, which means {k}={e.fixed[k]!r}")
+                raise ValueError(f"{k}: got {v!r} for model {name!r}, which means {k}={e.fixed[k]!r}")
         elif k not in allowed:
             raise TypeError(f"{k}: model {name!r} ({e.cls.__name__}) takes no such argument; expected some of {list(allowed)}")
     return e.cls(patterns, **{**kwargs, **e.fixed})

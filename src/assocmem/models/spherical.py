@@ -9,7 +9,7 @@ import torch
 from .._validation import check_choice, check_int, check_positive
 from ..bank import check_config
 from ..lagrangians import Spherical
-from . import registry
+from .registry import register
 from .base import AssociativeMemory
 from .dense import F_CHOICES, hidden_lagrangian
 
@@ -111,5 +111,5 @@ class SphericalMemory(AssociativeMemory):
         return cand
 
 
-registry.register("spherical", SphericalMemory,
+register("spherical", SphericalMemory,
                   summary="spherical memory, v <- normalise(xi^T F'(xi v/|v|)) (KH eq. 22)")

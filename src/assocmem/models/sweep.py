@@ -43,7 +43,7 @@ from ..lagrangians import Exp, Lagrangian, Power, Quadratic, RectifiedPower
 __all__ = ["OverlapSweeps", "FieldSweeps", "SweepRun", "run_sweeps", "hebbian_couplings"]
 
 _U64 = 2.0 ** -53  # unit roundoff of float64
-_BLOCK = 32  # neurons whose dot products are computed as one matrix product
+_BLOCK = 16  # neurons whose dot products are computed as one matrix product
 
 
 def _groups(group: torch.Tensor, S: int) -> list[tuple[int, int, int]]:
@@ -185,13 +185,14 @@ class OverlapSweeps:
 
     def _coefficients(self, hi: torch.Tensor):
         """(per-memory coefficient of the flip's dot product, its row constant, row max) for rows ``hi``."""
+        shape = hi.shape
         if self.mode == "log":
             m = hi.amax(-1, keepdim=True)
-            idx = (hi - m + (2 * self.N + 1)).clamp_min_(0).long()
-            c = self.tab_c[idx]
+            idx = (hi - m).add_(2 * self.N + 1).clamp_min_(0).view(-1)
+            c = self.tab_c.index_select(0, idx).view(shape)  # (int32 indices: the fastest gather)
             return c, c.sum(-1), m.squeeze(-1)
-        idx = hi.long()
-        return self.tab_c[idx], self.tab_e[idx].sum(-1), None
+        idx = hi.reshape(-1)
+        return self.tab_c.index_select(0, idx).view(shape), self.tab_e.index_select(0, idx).view(shape).sum(-1), None
 
     def _direct_G(self, h: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         if self.beta is not None:
