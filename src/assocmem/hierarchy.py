@@ -19,7 +19,7 @@ from torch import nn
 
 from .integrators import ADAPTIVE, FIXED_STEP, adaptive_advance, check_method, step_count
 from .integrators import rk4_step as _generic_rk4_step
-from ._validation import DivergenceError, check_int, check_positive, check_tensor, describe
+from ._validation import DivergenceError, check_finite, check_int, check_positive, check_tensor, describe
 from .bank import Storable, check_config, decode_scalar, encode_scalar
 from .lagrangians import Lagrangian, from_spec
 
@@ -35,6 +35,11 @@ def _shape_of(name: str, size) -> tuple[int, ...]:
             raise ValueError(f"{name}: got an empty shape; expected a positive int or a tuple such as (C, H, W)")
         return tuple(check_int(f"{name}[{i}]", s, minimum=1) for i, s in enumerate(size))
     return (check_int(name, size, minimum=1),)
+
+
+def _batched(B, shape) -> str:
+    """'(B, 2, 7, 6)': a batch of states of this layer shape, for messages."""
+    return "(" + ", ".join(str(n) for n in (B, *shape)) + ")"
 
 
 def _pair(name: str, x, minimum: int) -> tuple[int, int]:
@@ -459,10 +464,21 @@ class Network(Storable, nn.Module):
                     raise ValueError(f"{name}: has no state for the layer {n!r}; expected every layer of {list(self._names)}")
                 out.append(None)
                 continue
-            x = check_tensor(f"{name}[{n!r}]", x, expected=f"shape {shape} or (B, *{shape})").to(dtype=dtype, device=device)
+            want = f"shape {shape} or {_batched('B', shape)} for the layer {n!r}"
+            x = check_tensor(f"{name}[{n!r}]", x, finite=False, expected=want).to(dtype=dtype, device=device)
             if tuple(x.shape[x.ndim - len(shape):]) != shape or x.ndim not in (len(shape), len(shape) + 1):
-                raise ValueError(f"{name}[{n!r}]: got {describe(x)}; expected shape {shape} or (B, *{shape}) for the layer {n!r}")
+                raise ValueError(f"{name}[{n!r}]: got {describe(x)}; expected {want}")
             out.append(x)
+        # finiteness: one sum per state and one synchronisation (a sum is non-finite whenever a term
+        # is); the element-wise check, which says where, runs only then
+        total = None
+        for x in out:
+            if x is not None:
+                total = x.detach().sum() if total is None else total + x.detach().sum()
+        if total is not None and not math.isfinite(float(total)):
+            for n, x in zip(self._names, out):
+                if x is not None:
+                    check_finite(f"{name}[{n!r}]", x)
         return out
 
     def _currents(self, input_current, B: int | None):
@@ -487,7 +503,7 @@ class Network(Storable, nn.Module):
             if ok and B is not None and t.ndim == len(shape) + 1:
                 ok = t.shape[0] in (1, B)
             if not ok:
-                want = f"{shape} or ({B if B is not None else 'B'}, *{shape})"
+                want = f"{shape} or {_batched('B' if B is None else B, shape)}"
                 raise ValueError(f"input_current[{n!r}]: got {describe(t)}; expected shape {want} for the layer {n!r}")
             cur[i] = t
         return tuple(cur)
@@ -511,7 +527,7 @@ class Network(Storable, nn.Module):
             m = check_tensor(f"clamp[{n!r}]", m, floating=False, finite=False, dtype=torch.bool).to(self.device)
             ok = tuple(m.shape[m.ndim - len(shape):]) == shape and (m.ndim == len(shape) or (m.ndim == len(shape) + 1 and m.shape[0] in (1, B)))
             if not ok:
-                raise ValueError(f"clamp[{n!r}]: got {describe(m)}; expected a bool mask of shape {shape} or ({B}, *{shape})")
+                raise ValueError(f"clamp[{n!r}]: got {describe(m)}; expected a bool mask of shape {shape} or {_batched(B, shape)}")
             out[i] = m.expand(B, *shape)
         return tuple(out) if any(c is not None for c in out) else None
 
