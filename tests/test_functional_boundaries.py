@@ -132,3 +132,14 @@ def test_numpy_scalar_beta_accepted():
     q, k = _data()
     torch.testing.assert_close(AF.retrieve(q, k, beta=np.float64(0.5)), AF.retrieve(q, k, beta=0.5))
     torch.testing.assert_close(AF.modern_energy(q, k, np.float32(0.5)), AF.modern_energy(q, k, 0.5))
+
+
+@pytest.mark.parametrize("need", [False, True])
+def test_iterating_an_empty_batch_to_convergence(need):
+    """update_steps=None on an empty batch took amax() of nothing (RuntimeError; found by the slow
+    fuzz test of the Hopfield layer)."""
+    for state, stored in ((torch.zeros(0, 3, 4), torch.zeros(0, 5, 4)), (torch.zeros(2, 0, 4), torch.randn(2, 5, 4))):
+        r = AF.hopfield_retrieve(state, stored, update_steps=None, need_weights=need, need_energy=need)
+        assert r.retrieved.shape == state.shape and r.steps == 1
+        if need:
+            assert r.weights.shape == state.shape[:-1] + (5,) and r.energy.shape == state.shape[:-1]

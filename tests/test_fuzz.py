@@ -606,6 +606,21 @@ def fuzz_streaming(data):
     q = data.draw(fuzzed(data.draw(mostly([(N,), (3, N)], [(3, N + 1), (0, N)])), valid_kinds=("normal",)), "query")
     chunk = data.draw(mostly([None, 1, 7, 1000], [0, -1, 2.5]), "chunk")
     beta = data.draw(mostly([1.0, 0.1, 10.0], [0.0, -1.0, float("nan")]), "beta")
+    damage = data.draw(mostly(["none"], ["nan", "inf", "empty rows", "empty columns"]), "bank damage")
+    if damage in ("nan", "inf"):  # a bank in memory with one non-finite value: named, never NaN out
+        bad = bank.clone()
+        bad[data.draw(st.integers(0, K - 1), "bad row"), data.draw(st.integers(0, N - 1), "bad col")] = float(damage)
+        ok, out = outcome(streaming.streaming_retrieve, q, bad, beta=beta, chunk_size=chunk)
+        if ok:
+            no_nan(out)
+        return
+    if damage.startswith("empty"):
+        empty = bank[:0] if damage == "empty rows" else bank[:, :0]
+        ok, _ = outcome(streaming.streaming_retrieve, q, empty, beta=beta, chunk_size=chunk)
+        assert not ok
+        with pytest.raises(ValueError, match="empty bank"):
+            streaming.streaming_retrieve(torch.zeros(bank.shape[1]), empty)
+        return
     ok, out = outcome(streaming.streaming_retrieve, q, bank, beta=beta, chunk_size=chunk)
     if ok:
         qq = torch.as_tensor(q).double()
@@ -677,7 +692,7 @@ def fuzz_cli_store_recall(data):
         valid = {"--size": ["5x6", "4x4"], "--threshold": ["0.5", "0.2"], "--beta": ["0.8", "2"]}
         for flag in ("--size", "--threshold", "--beta"):
             if data.draw(st.booleans(), flag + "?"):
-                args += [flag, data.draw(mostly(valid[flag], GOOD_OR_BAD + ["0x3", "3x", "4x4x4"]), flag)]
+                args += [flag, data.draw(mostly(valid[flag], GOOD_OR_BAD + ["0x3", "3x", "4x4x4", "100000x100000"]), flag)]
         if data.draw(st.booleans(), "--gray?"):
             args.append("--gray")
         rc, _ = run_cli(args)
@@ -717,11 +732,16 @@ def fuzz_cli_validation(data):
         if cmd == "capacity":
             flags = {"--model": ["x", ""], "--N": ["0", "-4", "abc", "8,x", "1e3", "8,-8", ""],
                      "--criterion": ["x", ""], "--flip": ["-0.1", "1.5", "nan"], "--trials": ["0", "-1", "x"],
-                     "--threshold": ["nan", "2", "-1"], "--n": ["0", "-3", "x"], "--beta": ["0", "-1", "nan", "inf"]}
+                     "--threshold": ["nan", "2", "-1"], "--n": ["0", "-3", "x"], "--beta": ["0", "-1", "nan", "inf"],
+                     # the machine's limits: cores, memory, torch's seed range, devices torch reports
+                     "--threads": ["0", "100000", "x"], "--seed": ["-1", "99999999999999999999999", "x"],
+                     "--device": ["meta", "cuda:99", "gpu", ""], "--k-max": ["0", "x"]}
+            flags["--N"] = flags["--N"] + ["99999999999", "8,99999999999"]
             base = ["capacity", "--model", "classical", "--N", "8", "--trials", "1", "--out", str(out)]
         elif cmd == "demo":
-            flags = {"--example": ["x", ""], "--memories": ["0", "-5", "x"], "--cues": ["0", "-1", "x"],
-                     "--beta": ["0", "-1", "nan", "inf", "x"], "--seed": ["x", "1.5"]}
+            flags = {"--example": ["x", ""], "--cues": ["0", "-1", "x"],
+                     "--beta": ["0", "-1", "nan", "inf", "x"], "--seed": ["x", "1.5", "-1", "99999999999999999999999"],
+                     "--memories": ["0", "-5", "x", "99999999999999"]}
             base = ["demo", "--quick", "--no-progress", "--out", str(out)]
         else:
             flags = {"--cases": ["x", "retrieval,x", ""], "--rounds": ["0", "-1", "x", "nan"]}

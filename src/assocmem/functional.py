@@ -471,6 +471,8 @@ def _retrieve(state, stored, values, beta, mask, update_steps, tol, max_update_s
         return readout(xi, update_steps)
     tol = default_tol(state.dtype) if tol is None else float(tol)
     steps = 1
+    if xi.numel() == 0:  # nothing to iterate (an empty batch): amax of nothing is undefined
+        return readout(xi, steps)
     while steps < max_update_steps:
         new = attend(xi, stored, 0.0)
         delta = (new - xi).abs().amax()
