@@ -3,6 +3,8 @@ KH eq. (1), stability of all 2^N_h hidden states, the paper's bound, the basin o
 a Gaussian prediction, energy descent, learning, and bad input."""
 import math
 
+import assocmem
+
 import pytest
 import torch
 from torch.distributions import Normal
@@ -149,9 +151,9 @@ def test_bad_input():
     tm = ThresholdMemory(xi)
     v = torch.randn(2, 30)
     v[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="v0.*non-finite"):
+    with pytest.raises(ValueError, match="cue.*non-finite"):
         tm.recall(v)
-    with pytest.raises(ValueError, match="v0.*N_v = 30"):
+    with pytest.raises(ValueError, match="cue.*N_v = 30"):
         tm.recall(torch.randn(2, 31))
     with pytest.raises(ValueError, match="binary"):
         tm.memory(torch.tensor([0.0, 1.0, 0.5, 1.0]))
@@ -215,3 +217,15 @@ def test_distinct_state_count_does_not_split_equal_states():
     assert mod.distinct_states(torch.cat([u, same])) == 3
     assert mod.distinct_states(torch.cat([u, u[:1] + 2e-3 * u.abs().max()])) == 4
     assert mod.distinct_states(a[:0]) == 0
+
+
+def test_recall_takes_cue_and_the_older_v0_spelling():
+    m = ThresholdMemory(torch.randn(4, 30, generator=torch.Generator().manual_seed(3)), theta=0.21)
+    v = torch.randn(2, 30, generator=torch.Generator().manual_seed(4))
+    a, b = m.recall(v, t_max=5.0), m.recall(v0=v, t_max=5.0)
+    assert torch.equal(a.state, b.state) and torch.equal(a.energy, b.energy)
+    assert isinstance(a, assocmem.RecallResult) and a.hidden.shape == (2, 4) and a.t.ndim == 1
+    with pytest.raises(TypeError, match="both"):
+        m.recall(v, v0=v)
+    with pytest.raises(TypeError, match="missing"):
+        m.recall()

@@ -6,13 +6,13 @@ The equations are written out in :class:`DendriticEIMemory` and in docs/bio.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .. import integrators as _int
 from ..bank import Storable, check_config
+from ..recall import RecallResult
 from .._validation import DivergenceError, check_choice, check_int, check_positive, check_tensor, describe
 from ._threads import single_thread_if_small
 
@@ -22,18 +22,21 @@ __all__ = ["DendriticEIMemory", "DendriticRecallResult", "POPULATIONS"]
 POPULATIONS = ("feature", "memory", "shunt", "ff", "fb")
 
 
-@dataclass
-class DendriticRecallResult:
-    """Outcome of :meth:`DendriticEIMemory.recall`: ``state`` (B, N_f) the {0,1} read-out of the
-    feature neurons (rate above the feature bias b), ``rates`` a dict population -> (B, size) rates
-    at the end, ``converged`` (B,) bool (every rate changing by less than ``tol`` per ms), ``steps``
-    integration steps, ``t`` the time reached (ms). A single cue (N_f,) gives unbatched tensors."""
+class DendriticRecallResult(RecallResult):
+    """Outcome of :meth:`DendriticEIMemory.recall`, a :class:`~assocmem.recall.RecallResult`:
+    ``state`` (B, N_f) the {0,1} read-out of the feature neurons (rate above the feature bias b),
+    ``steps`` integration steps, ``converged`` (B,) bool (every rate changing by less than ``tol``
+    per ms), ``energy`` None (the E/I rate network has no energy function: its weights are not
+    symmetric); and ``rates`` a dict population -> (B, size) rates at the end, ``t`` (1,) the time
+    reached (ms), a tensor like the other results' recorded times. A single cue (N_f,) gives
+    unbatched tensors."""
 
-    state: torch.Tensor
-    rates: dict
-    converged: torch.Tensor
-    steps: int
-    t: float
+    __slots__ = ("rates", "t")
+
+    def __init__(self, state, rates, converged, steps, t):
+        super().__init__(state, steps, converged, None)
+        self.rates = rates
+        self.t = torch.as_tensor([float(t)], dtype=torch.float64)
 
 
 class DendriticEIMemory(Storable, nn.Module):

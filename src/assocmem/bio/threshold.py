@@ -5,12 +5,12 @@ It is KH eq. (1) after the change of variables v = sqrt(N_v/N_h) u (see :class:`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..bank import Storable, check_config
+from ..recall import RecallResult
 from .._validation import check_in_range, check_int, check_positive, check_tensor, describe
 from ..lagrangians import Heaviside, Quadratic
 from ..network import TwoLayerNetwork
@@ -32,19 +32,19 @@ def stability_bound(n_visible: int, n_hidden: int) -> float:
     return min(1.0, max(0.0, p))
 
 
-@dataclass
-class ThresholdRecallResult:
-    """Outcome of :meth:`ThresholdMemory.recall`: ``state`` the visible currents v (B, N_v) at the end,
-    ``hidden`` the binary hidden state Θ(h - θ) (B, N_h), ``converged`` (B,) bool, ``steps``
-    integration steps, ``t`` (T,) and ``energy`` (T, B), the energy of KH eq. (2) of the equivalent
-    network along the way (non-increasing). A single cue (N_v,) gives unbatched tensors."""
+class ThresholdRecallResult(RecallResult):
+    """Outcome of :meth:`ThresholdMemory.recall`, a :class:`~assocmem.recall.RecallResult`:
+    ``state`` the visible currents v (B, N_v) at the end, ``steps`` integration steps,
+    ``converged`` (B,) bool, ``energy`` (T, B) the energy of KH eq. (2) of the equivalent network
+    at the recorded times (non-increasing); and ``hidden`` the binary hidden state Θ(h - θ)
+    (B, N_h), ``t`` (T,) the recorded times. A single cue (N_v,) gives unbatched tensors."""
 
-    state: torch.Tensor
-    hidden: torch.Tensor
-    converged: torch.Tensor
-    steps: int
-    t: torch.Tensor
-    energy: torch.Tensor
+    __slots__ = ("hidden", "t")
+
+    def __init__(self, state, hidden, converged, steps, t, energy):
+        super().__init__(state, steps, converged, energy)
+        self.hidden = hidden
+        self.t = t
 
 
 def _binary(name: str, s, n: int) -> tuple[torch.Tensor, bool]:
@@ -203,13 +203,19 @@ class ThresholdMemory(Storable, nn.Module):
         return float(self.is_stable(t).to(torch.float64).mean())
 
     # -- recall -------------------------------------------------------------------------------------
-    def recall(self, v0, t_max: float | None = None, dt: float | None = None, method: str = "rk4",
-               tol: float | None = None, h0=None) -> ThresholdRecallResult:
-        """Run the dynamics from visible currents ``v0`` (B, N_v) (hidden currents start at their
+    def recall(self, cue=None, t_max: float | None = None, dt: float | None = None, method: str = "rk4",
+               tol: float | None = None, h0=None, *, v0=None) -> ThresholdRecallResult:
+        """Run the dynamics from the visible currents ``cue`` (B, N_v) (``v0=`` is the older spelling) (hidden currents start at their
         steady state for ``v0`` unless ``h0`` is given) until every state has converged or ``t_max``
         (default ``40 tau_v``). ``dt`` defaults to ``min(tau_v, tau_h) / 2`` (RK4 is accurate there: the fastest rate is 1/tau_h); ``tol`` bounds
         ``|du/dt|`` and ``|dh/dt|`` at convergence (TwoLayerNetwork.simulate's default)."""
-        v, single = self._visible("v0", v0)
+        if v0 is not None:
+            if cue is not None:
+                raise TypeError("recall: got both cue and v0 (the older name of cue); pass one")
+            cue = v0
+        if cue is None:
+            raise TypeError("recall: missing the cue (visible currents of shape (N_v,) or (B, N_v))")
+        v, single = self._visible("cue", cue)
         t_max = 40.0 * self.tau_v if t_max is None else float(check_positive("t_max", t_max))
         dt = min(self.tau_v, self.tau_h) / 2.0 if dt is None else float(check_positive("dt", dt))
         c = self.scale

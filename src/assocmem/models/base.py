@@ -12,7 +12,6 @@ from torch import nn
 
 from .._kernels import half_sq_norm, max_abs_change
 from .._validation import (
-    DivergenceError,
     all_finite,
     as_batch,
     check_int,
@@ -22,6 +21,7 @@ from .._validation import (
     guard_result,
 )
 from ..bank import Storable
+from ..recall import RecallResult, active_rows, check_finite, recall_loop
 from ..lagrangians import Lagrangian
 from ..network import TwoLayerNetwork
 from .sweep import run_sweeps
@@ -31,38 +31,6 @@ __all__ = ["RecallResult", "AssociativeMemory"]
 # the recall loop's two per-step reductions, kept under their former names for the modules that use them
 _max_abs_change = max_abs_change
 _half_sq_norm = half_sq_norm
-
-
-class RecallResult:
-    """Outcome of ``recall``: ``state`` (B, N) (or (N,) for one cue), ``steps`` taken, ``converged``
-    (B,) bool (or a 0-d bool), ``energy`` trace (steps + 1, B) (or (steps + 1,)).
-
-    ``energy`` may be passed as a callable that builds the trace; it is then evaluated when first
-    read (Model B reuses the steps' log-sum-exps and computes only the final state's energy then),
-    and that first read raises :class:`~assocmem.DivergenceError` where the final state's energy is
-    NaN or +inf (a state whose magnitude overflows the dtype), as recall does for the other steps."""
-
-    __slots__ = ("state", "steps", "converged", "_energy")
-
-    def __init__(self, state: torch.Tensor, steps: int, converged: torch.Tensor, energy):
-        self.state = state
-        self.steps = steps
-        self.converged = converged
-        self._energy = energy
-
-    @property
-    def energy(self) -> torch.Tensor:
-        if callable(self._energy):
-            self._energy = self._energy()
-        return self._energy
-
-    @energy.setter
-    def energy(self, value) -> None:
-        self._energy = value
-
-    def __repr__(self) -> str:
-        return (f"RecallResult(state={self.state!r}, steps={self.steps}, converged={self.converged!r}, "
-                f"energy={self.energy!r})")
 
 
 def _check_patterns(patterns, binary: bool) -> torch.Tensor:
@@ -75,13 +43,7 @@ def _check_patterns(patterns, binary: bool) -> torch.Tensor:
     return p
 
 
-def _active_rows(converged, x, clamp, cue):
-    """The rows of a recall still moving: their indices, states, clamps and cues (no copies when all are)."""
-    active = (~converged).nonzero().flatten()
-    if active.numel() == x.shape[0]:
-        return active, x, clamp, cue
-    return (active, x.index_select(0, active), None if clamp is None else clamp.index_select(0, active),
-            cue.index_select(0, active))
+_active_rows = active_rows
 
 
 class AssociativeMemory(Storable, nn.Module, abc.ABC):
@@ -215,38 +177,9 @@ class AssociativeMemory(Storable, nn.Module, abc.ABC):
         cue_t = x
         if self.binary:
             return self._recall_sweeps(x, single, max_steps, tol, c, generator)
-        if self._fused_energy:  # writes no state in place: no copy (a torch copy of B x N wakes torch's
-            # OpenMP workers, whose spinning slowed the first step's kernel threads by ~30 %)
-            return self._recall_fused(x, single, max_steps, tol, c, cue_t, generator)
-        x = x.clone()
-        e = self._energy(x)
-        self._check_finite(0, x, e)
-        energies = [e]
-        converged = torch.zeros(B, dtype=torch.bool, device=x.device)
-        steps = 0
-        for s in range(1, max_steps + 1):
-            active, xa, ca, cuea = _active_rows(converged, x, c, cue_t)
-            new = self._step(xa.clone(), generator, ca, cuea)
-            done = max_abs_change(new, xa) <= tol
-            ea = self._energy(new)
-            self._check_finite(s, new, ea)
-            e = energies[-1].clone()
-            if active.numel() == B:
-                x = new
-                e = ea
-                converged = done
-            else:
-                x = x.index_copy(0, active, new)
-                e = e.index_copy(0, active, ea)
-                converged = converged.index_copy(0, active, done)
-            energies.append(e)
-            steps = s
-            if bool(converged.all()):
-                break
-        energy = torch.stack(energies)
-        if single:
-            return RecallResult(x[0], steps, converged[0], energy[:, 0])
-        return RecallResult(x, steps, converged, energy)
+        # the one recall loop (assocmem.recall.recall_loop) for every synchronous model; models whose
+        # step yields its input's energy on the way (Model B's log-sum-exp) pay for no extra energy
+        return self._recall_fused(x, single, max_steps, tol, c, cue_t, generator)
 
     # -- binary models: the sweep engine ----------------------------------------------------------------
     def _sweep_kernel(self):
@@ -277,52 +210,15 @@ class AssociativeMemory(Storable, nn.Module, abc.ABC):
         return self._step(x.clone(), generator, clamp, cue), self._energy(x)
 
     def _recall_fused(self, x, single, max_steps, tol, c, cue_t, generator) -> RecallResult:
-        B = x.shape[0]
-        converged = torch.zeros(B, dtype=torch.bool, device=x.device)
-        rows = []  # rows[t]: energy of x_t for the rows still moving at step t + 1, NaN for the others
-        steps = 0
-        for s in range(1, max_steps + 1):
-            active, xa, ca, cuea = _active_rows(converged, x, c, cue_t)
-            new, e_in = self._step_with_energy(xa, generator, ca, cuea)
-            self._check_finite(s - 1, None, e_in)  # xa was checked when it was produced (or validated)
-            self._check_finite(s, new, None)
-            done = max_abs_change(new, xa) <= tol
-            if active.numel() == B:
-                rows.append(e_in)
-                x, converged = new, done
-            else:
-                rows.append(torch.full((B,), float("nan"), dtype=e_in.dtype, device=e_in.device).index_copy(0, active, e_in))
-                x = x.index_copy(0, active, new)
-                converged = converged.index_copy(0, active, done)
-            steps = s
-            if bool(converged.all()):
-                break
-        if x is cue_t:  # no step taken: the result must not be the caller's tensor
-            x = x.clone()
-        final = x
+        if not self._fused_energy:
+            self._check_finite(0, x, None)  # a cue that is itself non-finite fails at step 0
 
-        def trace() -> torch.Tensor:
-            e_final = self._energy(final)
-            self._check_finite(steps, None, e_final)  # the states were checked in the loop
-            tr = torch.stack(rows + [e_final]) if rows else e_final.unsqueeze(0)
-            tr = torch.where(torch.isnan(tr), e_final.expand_as(tr), tr)  # finished rows keep their energy
-            return tr[:, 0] if single else tr
+        def step(xa, ca, cuea):
+            return self._step_with_energy(xa, generator, ca, cuea)
 
-        if single:
-            return RecallResult(x[0], steps, converged[0], trace)
-        return RecallResult(x, steps, converged, trace)
+        return recall_loop(step, self._energy, x, max_steps, tol, clamp=c, cue=cue_t, single=single)
 
-    @staticmethod
-    def _check_finite(step: int, x: torch.Tensor | None, e: torch.Tensor | None) -> None:
-        """Raise DivergenceError naming the step if the states ``x`` or energies ``e`` (either may be
-        None: already checked) hold NaN or +-inf (an energy of -inf is allowed)."""
-        for what, t in (("feature state", x), ("energy", e)):
-            if t is None or not t.is_floating_point() or all_finite(t):
-                continue
-            if what == "energy" and not bool((torch.isnan(t) | (t == float("inf"))).any()):
-                continue  # -inf energies are allowed
-            rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(-1).nonzero().flatten().tolist()
-            raise DivergenceError(f"recall produced non-finite values in the {what} at step {step} for batch element(s) {rows[:10]}")
+    _check_finite = staticmethod(check_finite)
 
     def _step(self, x, generator, clamp, cue):
         """One update of validated states (B, N); binary models sweep instead."""
