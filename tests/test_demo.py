@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from assocmem.cli import main
-from assocmem.examples import _common, colors, kanji, mnist, repertoire
+from assocmem.demos import _common, colors, kanji, mnist, repertoire
 
 REQUIRED = {"model", "corruption", "n_memories", "exact_recall", "pixel_error", "steps", "seconds"}
 EXAMPLE_KEYS = REQUIRED - {"pixel_error"}  # colours and embeddings have no pixels

@@ -47,7 +47,7 @@ def _browser():
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from assocmem.examples import mnist
+    from assocmem.demos import mnist
 
     _browser()  # skip before the run when there is no browser
     before = torch.get_num_threads()

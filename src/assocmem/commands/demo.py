@@ -49,7 +49,7 @@ def run(args) -> int:
                  f"{N_FEATURES[name]} values ({name})")
     out = args.out or ("assocmem-report" if name == "mnist" else f"assocmem-report-{name}")
     check_report_target(out)  # fail before the run, not after it
-    mod = importlib.import_module(f"assocmem.examples.{name}")
+    mod = importlib.import_module(f"assocmem.demos.{name}")
     t0 = time.perf_counter()
     records, path = mod.run(out, quick=args.quick, seed=args.seed, n_memories=args.memories, cues=args.cues,
                             beta=args.beta, progress=not args.no_progress)
