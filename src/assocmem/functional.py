@@ -18,6 +18,7 @@ from numbers import Real
 
 import torch
 
+from .lagrangians import entmax as _entmax, tsallis_entropy as _tsallis
 from ._kernels import try_retrieve
 from ._validation import describe
 
@@ -172,7 +173,8 @@ def _weights(query, keys, beta, mask):
 
 
 def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None = None, beta=1.0,
-             mask: torch.Tensor | None = None, *, return_lse: bool = False):
+             mask: torch.Tensor | None = None, *, return_lse: bool = False, separation: str = "softmax",
+             alpha: float = 1.5):
     """One Model B update (KH eq. 16): ``softmax(beta q k^T) v``, with ``values = keys`` by default.
 
     Shapes: query (..., B, N), keys (..., K, N), values (..., K, M) -> (..., B, M).
@@ -187,10 +189,19 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
     a real tensor. ``mask`` bool, True = ignore that memory, broadcastable to the scores (..., B, K).
     Wrong types, shapes, dtypes or devices raise ``TypeError``/``ValueError`` naming the argument;
     NaN in the inputs propagates (see the module's docstring).
+
+    ``separation``: "softmax" (Model B), or a sparse separation function, "sparsemax" or "entmax"
+    (alpha-entmax with ``alpha`` > 1; Peters, Niculae & Martins 2019): the update
+    ``entmax(beta q k^T) v`` of the memory Lagrangian :class:`~assocmem.lagrangians.Entmax`, exact
+    one-hot (one-step retrieval) once ``beta`` times the score margin reaches ``1/(alpha - 1)``.
+    Then ``return_lse`` gives ``Omega*(beta q k^T)``, the Lagrangian's counterpart of the
+    log-sum-exp, so that ``1/2 q.q - Omega* / beta`` is again the energy.
     """
     _check_patterns(query, keys, values, mask)
     if not (type(beta) is float and 0.0 <= beta <= _F32_MAX):
         _check_beta(beta, allow_zero=True, dtype=query.dtype, rows=_rows(query, keys))
+    if separation != "softmax":
+        return _sparse_retrieve(query, keys, values, beta, mask, return_lse, separation, alpha)
     fast = try_retrieve(query, keys, values, beta, mask, return_lse)
     if fast is not None:
         return fast
@@ -211,6 +222,39 @@ def retrieve(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | Non
         scores = scores.masked_fill(mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     return torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), values), lse
+
+
+def _sparse_retrieve(query, keys, values, beta, mask, return_lse, separation, alpha):
+    if separation == "sparsemax":
+        alpha = 2.0
+    elif separation == "entmax":
+        alpha = _entmax_alpha(alpha)
+    else:
+        raise ValueError(f"separation: got {separation!r}; expected 'softmax', 'sparsemax' or 'entmax'")
+    values = keys if values is None else values
+    if keys.dtype != query.dtype and keys.dtype in _LOW_PRECISION and query.is_floating_point():
+        keys = keys.to(query.dtype)
+    if values.dtype != query.dtype and values.dtype in _LOW_PRECISION and query.is_floating_point():
+        values = values.to(query.dtype)
+    single = query.ndim == 1
+    q = query.unsqueeze(0) if single else query
+    z = _beta_scores(q, keys, beta)
+    if mask is not None:
+        z = z.masked_fill(mask, torch.finfo(z.dtype).min / 4)  # finite: the sort-based thresholds need it
+    p = _entmax(z, alpha)
+    out = torch.matmul(p, values)
+    if single:
+        out = out[0]
+    if not return_lse:
+        return out
+    omega = (p * z).sum(-1) + _tsallis(p, alpha)
+    return out, (omega[0] if single else omega)
+
+
+def _entmax_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 1.0 or alpha == float("inf"):
+        raise ValueError(f"alpha: got {alpha!r}; expected a finite number > 1 (alpha = 1 is softmax)")
+    return float(alpha)
 
 
 def lse_energy(h: torch.Tensor, beta) -> torch.Tensor:

@@ -8,13 +8,16 @@ import torch
 
 from ..functional import modern_energy, retrieve
 from .._kernels import half_sq_norm
-from .._validation import check_positive
+from .._validation import check_choice, check_positive
 from ..bank import check_config
-from ..lagrangians import LogSumExp, Quadratic
+from ..lagrangians import Entmax, LogSumExp, Quadratic, Sparsemax
 from .registry import register
 from .base import AssociativeMemory
 
-__all__ = ["ModernHopfield"]
+__all__ = ["ModernHopfield", "SEPARATIONS"]
+
+#: separation functions of Model B: the memory Lagrangian LogSumExp, Sparsemax or Entmax
+SEPARATIONS = ("softmax", "sparsemax", "entmax")
 
 
 class ModernHopfield(AssociativeMemory):
@@ -35,27 +38,46 @@ class ModernHopfield(AssociativeMemory):
     True
     """
 
-    def __init__(self, patterns, beta: float = 1.0, dtype=None, device=None):
+    def __init__(self, patterns, beta: float = 1.0, dtype=None, device=None, *, separation: str = "softmax",
+                 alpha: float = 1.5):
         beta = float(check_positive("beta", beta))
-        super().__init__(patterns, Quadratic(), LogSumExp(beta), dtype=dtype, device=device)
+        separation = check_choice("separation", separation, SEPARATIONS)
+        if separation == "softmax":
+            lag = LogSumExp(beta)
+        elif separation == "sparsemax":
+            lag = Sparsemax(beta)
+        else:
+            lag = Entmax(alpha, beta)
+        super().__init__(patterns, Quadratic(), lag, dtype=dtype, device=device)
         self.beta = beta
+        #: the separation function: the memory layer's Lagrangian is LogSumExp (softmax), Sparsemax
+        #: or Entmax(alpha) (Peters, Niculae & Martins 2019; Hu et al. 2023; Santos et al. 2024)
+        self.separation = separation
+        self.alpha = 2.0 if separation == "sparsemax" else (float(lag.alpha) if separation == "entmax" else 1.0)
 
     def _bank_config(self):
-        return {"beta": self.beta}, {"xi": self.xi}
+        if self.separation == "softmax":
+            return {"beta": self.beta}, {"xi": self.xi}  # the 0.1 format, unchanged
+        return {"beta": self.beta, "separation": self.separation, "alpha": self.alpha}, {"xi": self.xi}
 
     @classmethod
     def _from_bank(cls, config, tensors):
-        c = check_config(config, ("beta",))
-        return cls(tensors["xi"], beta=c["beta"])
+        c = check_config(config, ("beta",), optional=("separation", "alpha"))
+        return cls(tensors["xi"], beta=c["beta"], separation=c.get("separation", "softmax"), alpha=c.get("alpha", 1.5))
+
+    def _retrieve_kw(self):
+        return {} if self.separation == "softmax" else {"separation": self.separation, "alpha": self.alpha}
 
     def _energy(self, x):
+        if self.separation != "softmax":
+            return super()._energy(x)  # 1/2 v.v - L_h(xi v) with the declared sparse Lagrangian
         # numerics: the retrieval engine's log-sum-exp (KH eq. 13), the same value as the declared energy
         return modern_energy(x, self.xi, self.beta)
 
     _step_writes_state = False
 
     def _step(self, x, generator, clamp, cue):
-        out = retrieve(x, self._buffers["xi"], beta=self.beta)
+        out = retrieve(x, self._buffers["xi"], beta=self.beta, **self._retrieve_kw())
         if clamp is not None:
             out = torch.where(clamp, cue, out)
         return out
@@ -63,7 +85,7 @@ class ModernHopfield(AssociativeMemory):
     _fused_energy = True
 
     def _step_with_energy(self, x, generator, clamp, cue):
-        out, lse = retrieve(x, self.xi, beta=self.beta, return_lse=True)
+        out, lse = retrieve(x, self.xi, beta=self.beta, return_lse=True, **self._retrieve_kw())
         if clamp is not None:
             out = torch.where(clamp, cue, out)
         e = half_sq_norm(x) - lse.to(x.dtype) / self.beta
