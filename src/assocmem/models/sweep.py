@@ -356,64 +356,109 @@ class FieldSweeps:
         self.window = max(1, min(int(window), self.N))
         self.mode = "exact"
 
-    def start(self, s: torch.Tensor, group: torch.Tensor, bounds) -> "_FieldState":
-        sw = s.to(self.work).clone()
-        u = torch.empty_like(sw)
-        for g, lo, hi in bounds:
-            torch.matmul(sw[lo:hi], self.T[g], out=u[lo:hi])
-        return _FieldState(s=sw, group=group, u=u)
-
-    def sweep(self, st: "_FieldState", order: torch.Tensor, clamp: torch.Tensor | None, bounds) -> torch.Tensor:
-        s, u = st.s, st.u
-        R, N = s.shape
-        dev = self.device
+    def run(self, s0: torch.Tensor, max_steps: int, generator, clamp, group, energy, stop_on_flip) -> "SweepRun":
+        """All sweeps of every row, rows advancing independently: a row that ends sweep k starts sweep
+        k + 1 (in the order of the (k + 1)-th draw) while others are still in sweep k, so that every
+        step of the loop works on every unfinished row. The k-th sweep of every row uses the k-th
+        ``randperm`` of the generator, drawn when the first row reaches it, as a sweep-by-sweep loop
+        draws them; the results are those of sweeping the rows one sweep at a time."""
+        R, N = s0.shape
+        dev, work = self.device, self.work
+        group = torch.zeros(R, dtype=torch.long, device=dev) if group is None else group.to(dev)
+        s = s0.to(dev, work).clone()
+        u = torch.empty(R, N, dtype=work, device=dev)
+        for g in range(self.S):  # initial local fields, one product per pattern set
+            rows = (group == g).nonzero().flatten()
+            if rows.numel():
+                u.index_copy_(0, rows, s.index_select(0, rows) @ self.T[g])
+        free = None if clamp is None else ~clamp.to(dev)
+        orders = [torch.randperm(N, generator=generator).to(dev)] if max_steps else []
+        out_s = s.clone()
+        out_c = torch.zeros(R, dtype=torch.bool, device=dev)
+        trace = None
+        if energy is not None:
+            trace = torch.full((max_steps + 1, R), float("nan"), dtype=torch.float64, device=dev)
+            trace[0] = energy(self, _FieldState(s, group, u))
+        if not max_steps:
+            return SweepRun(out_s.to(s0.dtype), out_c, 0, trace)
+        ordr = orders[0].expand(R, N).contiguous()  # the current sweep order of each row
+        gidx = torch.arange(R, device=dev)
+        sweep = torch.zeros(R, dtype=torch.long, device=dev)
+        pos = torch.zeros(R, dtype=torch.long, device=dev)
         flips = torch.zeros(R, dtype=torch.long, device=dev)
-        if R == 0:
-            return flips
+        done = torch.zeros(R, dtype=torch.bool, device=dev)
         W = self.window
         arW = torch.arange(W, device=dev)
         cols = torch.arange(N, device=dev)
-        rows = torch.arange(R, device=dev)  # rows still scanning this sweep
-        pos = torch.zeros(R, dtype=torch.long, device=dev)
-        free = None if clamp is None else ~clamp
-        while rows.numel():
+        while gidx.numel():
             at = pos.unsqueeze(1) + arW
-            win = order[at.clamp_max(N - 1)]  # (r, W) neurons at the next W positions
-            r2 = rows.unsqueeze(1)
-            cand = (s[r2, win] * u[r2, win] < 0) & (at < N)
+            win = ordr.gather(1, at.clamp_max(N - 1))  # neurons at the next W positions
+            cand = (s.gather(1, win) * u.gather(1, win) < 0) & (at < N)
             if free is not None:
-                cand &= free[r2, win]
+                cand &= free.gather(1, win)
             has = cand.any(1)
-            c = pos + cand.view(torch.uint8).argmax(1)
-            far = (~has & (pos + W < N)).nonzero().flatten()
-            if far.numel():  # nothing in the window: the rest of the sweep
-                rf = rows.index_select(0, far).unsqueeze(1)
-                o = order.unsqueeze(0)
-                cf = (s[rf, o] * u[rf, o] < 0) & (cols >= (pos.index_select(0, far) + W).unsqueeze(1))
+            c = pos + cand.view(torch.uint8).argmax(1)  # position of the first candidate
+            far = (~has & ~done & (pos + W < N)).nonzero().flatten()
+            if far.numel():  # nothing in the window: search the rest of the sweep
+                o = ordr.index_select(0, far)
+                cf = (s.index_select(0, far).gather(1, o) * u.index_select(0, far).gather(1, o) < 0)
                 if free is not None:
-                    cf &= free[rf, o]
+                    cf &= free.index_select(0, far).gather(1, o)
+                cf &= cols >= (pos.index_select(0, far) + W).unsqueeze(1)
                 has.index_copy_(0, far, cf.any(1))
                 c.index_copy_(0, far, cf.view(torch.uint8).argmax(1))
-            fl = has.nonzero().flatten()
-            if fl.numel():
-                r = rows.index_select(0, fl)
-                cpos = c.index_select(0, fl)
-                nf = order.index_select(0, cpos)
-                old = s[r, nf]
-                s[r, nf] = -old
-                trows = self.Tflat.index_select(0, st.group.index_select(0, r) * N + nf)
-                if 2 * r.numel() >= R:
-                    coef = torch.zeros(R, dtype=self.work, device=dev).index_copy_(0, r, -2.0 * old)
-                    full = torch.zeros(R, N, dtype=self.work, device=dev).index_copy_(0, r, trows)
+            has &= ~done
+            fr = has.nonzero().flatten()
+            if fr.numel():
+                cf = c.index_select(0, fr)
+                nf = ordr.index_select(0, fr).gather(1, cf.unsqueeze(1)).squeeze(1)
+                old = s[fr, nf]
+                s[fr, nf] = -old
+                trows = self.Tflat.index_select(0, group.index_select(0, fr) * N + nf)
+                if 2 * fr.numel() >= gidx.numel():
+                    coef = torch.zeros(gidx.numel(), dtype=work, device=dev).index_copy_(0, fr, -2.0 * old)
+                    full = torch.zeros(gidx.numel(), N, dtype=work, device=dev).index_copy_(0, fr, trows)
                     u.addcmul_(coef.unsqueeze(1), full)
                 else:
-                    u.index_copy_(0, r, u.index_select(0, r).addcmul_((-2.0 * old).unsqueeze(1), trows))
-                flips.index_add_(0, r, torch.ones_like(r))
-                pos.index_copy_(0, fl, cpos + 1)
-            keep = has.nonzero().flatten()
-            if keep.numel() < rows.numel():
-                rows, pos = rows.index_select(0, keep), pos.index_select(0, keep)
-        return flips
+                    u.index_copy_(0, fr, u.index_select(0, fr).addcmul_((-2.0 * old).unsqueeze(1), trows))
+                pos.index_copy_(0, fr, cf + 1)
+                flips.index_add_(0, fr, torch.ones_like(fr))
+            er = ((~has) & ~done).nonzero().flatten()  # rows at the end of their sweep
+            if er.numel():
+                nxt = sweep.index_select(0, er) + 1
+                conv = flips.index_select(0, er) == 0
+                if trace is not None:
+                    ge = gidx.index_select(0, er)
+                    e = energy(self, _FieldState(s.index_select(0, er), group.index_select(0, er), u.index_select(0, er)))
+                    trace.index_put_((nxt, ge), e)
+                stop = conv | (nxt >= max_steps) | (not stop_on_flip)
+                fin = er[stop]
+                if fin.numel():
+                    out_s.index_copy_(0, gidx.index_select(0, fin), s.index_select(0, fin))
+                    out_c.index_copy_(0, gidx.index_select(0, fin), (conv | (not stop_on_flip))[stop])
+                    done.index_fill_(0, fin, True)
+                go = er[~stop]
+                if go.numel():
+                    nxt_go = nxt[~stop]
+                    while len(orders) <= int(nxt_go.max()):
+                        orders.append(torch.randperm(N, generator=generator).to(dev))
+                    ordr.index_copy_(0, go, torch.stack([orders[k] for k in nxt_go.tolist()]))
+                    sweep.index_copy_(0, go, nxt_go)
+                    pos.index_fill_(0, go, 0)
+                    flips.index_fill_(0, go, 0)
+            n_done = int(done.sum())
+            if n_done and (n_done == gidx.numel() or n_done * 4 >= gidx.numel()):
+                keep = (~done).nonzero().flatten()
+                s, u, ordr, gidx, group, sweep, pos, flips, done = (
+                    x.index_select(0, keep) for x in (s, u, ordr, gidx, group, sweep, pos, flips, done))
+                if free is not None:
+                    free = free.index_select(0, keep)
+        steps = len(orders)
+        if trace is not None:  # a finished row keeps its energy
+            trace = trace[: steps + 1]
+            for k in range(1, steps + 1):
+                trace[k] = torch.where(torch.isnan(trace[k]), trace[k - 1], trace[k])
+        return SweepRun(out_s.to(s0.dtype), out_c, steps, trace)
 
 
 @dataclass
@@ -456,6 +501,8 @@ def run_sweeps(kernel, s0: torch.Tensor, max_steps: int, generator: torch.Genera
     if threads != 1:
         torch.set_num_threads(1)
     try:
+        if hasattr(kernel, "run"):  # rows advance independently (FieldSweeps)
+            return kernel.run(s0, max_steps, generator, clamp, group, energy, stop_on_flip)
         return _run(kernel, s0, max_steps, generator, clamp, group, energy, stop_on_flip)
     finally:
         if threads != 1:
