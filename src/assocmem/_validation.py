@@ -410,3 +410,13 @@ def check_device(name: str, x, *, compute: bool = True) -> torch.device:
         raise ValueError(f"{name}: got {str(d)!r}, which is not available here ({why}); expected one of "
                          f"{', '.join(available_devices())}")
     return d
+
+
+def check_flag(name: str, x, default: bool | None = None) -> bool:
+    """A switch: ``True`` or ``False`` (``None`` gives ``default``); anything else is a TypeError
+    naming the argument."""
+    if x is None:
+        return default
+    if not isinstance(x, bool):
+        raise TypeError(f"{name}: got {describe(x)}; expected True or False")
+    return x

@@ -13,19 +13,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import integrators as _int
-from .._validation import DivergenceError, check_int, check_positive, describe
+from .._validation import check_flag, DivergenceError, check_int, check_positive, describe
 from ..lagrangians import Lagrangian, LogSumExp, Quadratic
 from ..network import TwoLayerNetwork
 
 __all__ = ["EnergyOutput", "EnergyLayer", "AssociativeMemoryLayer"]
 
 
-def _flag(name, x, default):
-    if x is None:
-        return default
-    if not isinstance(x, bool):
-        raise TypeError(f"{name}: got {describe(x)}; expected True or False")
-    return x
+_flag = check_flag
 
 
 def _shape(t) -> tuple:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional as AF
-from .._validation import check_in_range, check_int, check_positive, describe
+from .._validation import check_flag, check_in_range, check_int, check_positive, describe
 
 __all__ = ["HopfieldOutput", "Hopfield", "HopfieldPooling", "HopfieldLayer"]
 
@@ -53,12 +53,7 @@ def _size(name, x, default):
     return check_int(name, x, minimum=1)
 
 
-def _flag(name, x, default):
-    if x is None:
-        return default
-    if not isinstance(x, bool):
-        raise TypeError(f"{name}: got {describe(x)}; expected True or False")
-    return x
+_flag = check_flag
 
 
 def _shape(t) -> tuple:
