@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from assocmem import capacity as cap
+from assocmem._io import atomic_write_bytes
 from assocmem import theory as th
 
 FIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "figures")
@@ -35,8 +35,8 @@ def _save(fig, name: str, data: dict) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    cap._atomic_write(os.path.join(FIG, f"capacity_{name}.png"), buf.getvalue())
-    cap._atomic_write(os.path.join(FIG, f"capacity_{name}.json"),
+    atomic_write_bytes(os.path.join(FIG, f"capacity_{name}.png"), buf.getvalue())
+    atomic_write_bytes(os.path.join(FIG, f"capacity_{name}.json"),
                       (json.dumps(cap._jsonable(data), indent=1, allow_nan=False) + "\n").encode())
     print(f"wrote docs/figures/capacity_{name}.png and .json")
 
