@@ -304,7 +304,8 @@ class _Experiment:
         xi = self._stack(trials, K)  # (S', Hm, N_v), rows beyond N_h zero
         dev, dt = self.device, sp.dtype
         if sp.criterion == "stability":
-            # fixed point of section 5: s = Theta(J s - theta), J = xi xi^T / N_v (one matrix product)
+            # the threshold model's fixed point (Kafraj, Krotov & Latham 2026): s = Theta(J s - theta),
+            # J = xi xi^T / N_v (one matrix product)
             xi_d = xi.to(dev, torch.float64)
             J = torch.bmm(xi_d, xi_d.transpose(1, 2)) / self.N
             h = torch.bmm(s.to(dev, torch.float64), J)

@@ -50,7 +50,7 @@ def _theory_fn(spec: _Spec) -> tuple[str, Callable] | None:
 
 def theory_capacity(model: str, N: int, criterion: str = "stability", **settings) -> float | None:
     """The reference capacity (``assocmem.theory``) that matches ``model`` and ``criterion`` at size N,
-    capped at ``n_hidden`` when given (KH eq. 9); None where the spec gives no formula (Model B,
+    capped at ``n_hidden`` when given (KH eq. 9); None where no published formula applies (Model B,
     Model C, the E/I model, Dense AM with F = exp and beta != 1)."""
     spec = settings.pop("_spec", None) or capacity_settings(model, criterion, **settings)
     N = _check_N(N)
