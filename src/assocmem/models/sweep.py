@@ -27,9 +27,10 @@ Numerics (``OverlapSweeps.mode``):
 The quadratic interaction of the classical network (Hopfield 1982) has linear local fields
 ``u = T s``; :class:`FieldSweeps` keeps those instead and, within a sweep, jumps from one neuron whose
 field disagrees with its sign to the next (a neuron that agrees would not change), so a sweep costs
-about one row of T per flip. Both kernels take per-row pattern sets (``group``), which the capacity lab
-uses to run many trials with different K at once; every sweep visits the neurons in the order of one
-``torch.randperm(N, generator)``, one draw per sweep, shared by every cue.
+about one row of T per flip; its rows advance through their sweeps independently. Both kernels take
+per-row pattern sets (``group``), which the capacity lab uses to run many trials with different K at
+once; the k-th sweep of every cue visits the neurons in the order of the k-th
+``torch.randperm(N, generator)``, one draw per sweep, as a model stepping sweep by sweep draws them.
 """
 from __future__ import annotations
 
@@ -463,12 +464,11 @@ class FieldSweeps:
 
 @dataclass
 class _FieldState:
+    """Rows of the Hebbian kernel as its energy function sees them: states, pattern sets, local fields."""
+
     s: torch.Tensor
     group: torch.Tensor
     u: torch.Tensor
-
-    def keep(self, rows: torch.Tensor) -> "_FieldState":
-        return _FieldState(self.s.index_select(0, rows), self.group.index_select(0, rows), self.u.index_select(0, rows))
 
 
 # ---------------------------------------------------------------------------------------------------
