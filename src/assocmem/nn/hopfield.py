@@ -668,6 +668,7 @@ class HopfieldLayer(nn.Module):
     -------
     >>> import torch
     >>> from assocmem.nn import HopfieldLayer
+    >>> _ = torch.manual_seed(0)                                # the stored patterns start random
     >>> layer = HopfieldLayer(16, num_patterns=50, beta=4.0)
     >>> with torch.no_grad():
     ...     out = layer(layer.patterns[:3] + 0.01)   # a slightly perturbed stored pattern comes back
