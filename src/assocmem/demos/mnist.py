@@ -26,7 +26,7 @@ SHAPE = (28, 28)
 # cue counts per model and corruption, chosen so that the whole demo runs in about 2 minutes on
 # 2 CPU cores (a Dense AM sweep costs about one (cues x 10,000) x (10,000 x 784) product: 30-40 ms
 # of CPU per cue for the two sweeps of a recall, where the per-neuron sweeps before took 750 ms)
-FULL_CUES = {"classical": 1000, "dense-power": 500, "dense-exp": 500, "modern": 1000, "spherical": 500, "two-layer": 64}
+FULL_CUES = {"classical": 1000, "dense-power": 300, "dense-exp": 300, "modern": 1000, "spherical": 500, "two-layer": 64}
 QUICK_CUES = {"classical": 500, "dense-power": 64, "dense-exp": 64, "modern": 1000, "spherical": 500, "two-layer": 32}
 # measured CPU milliseconds per cue and corruption at K = 10,000 (one thread): weights of the progress bar
 COST_MS = {"classical": 1, "dense-power": 35, "dense-exp": 35, "modern": 5, "spherical": 8, "two-layer": 240}
