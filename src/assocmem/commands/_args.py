@@ -54,7 +54,7 @@ def _typed(name: str, check: Callable[[str], object]) -> Callable[[str], object]
     return parse
 
 
-_ARG = "\0"  # placeholder name stripped from the helpers' messages
+_ARG = "\0"  # stand-in name stripped from the helpers' messages
 
 
 def _int(text: str) -> int:

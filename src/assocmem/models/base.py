@@ -185,7 +185,7 @@ class AssociativeMemory(Storable, nn.Module, abc.ABC):
     def _sweep_kernel(self):
         """The sweep kernel of a binary model (:class:`~assocmem.models.sweep.OverlapSweeps` or
         :class:`~assocmem.models.sweep.FieldSweeps`)."""
-        raise NotImplementedError(f"{type(self).__name__} is not a binary model")
+        raise TypeError(f"{type(self).__name__} is not a binary model")
 
     def _sweep_energy(self, kernel, state) -> torch.Tensor:
         """Energy of the sweep kernel's rows (float64), from the overlaps it keeps."""
@@ -222,4 +222,4 @@ class AssociativeMemory(Storable, nn.Module, abc.ABC):
 
     def _step(self, x, generator, clamp, cue):
         """One update of validated states (B, N); binary models sweep instead."""
-        raise NotImplementedError(f"{type(self).__name__} defines no synchronous step")
+        raise TypeError(f"{type(self).__name__} defines no synchronous step")
